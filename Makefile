@@ -1,0 +1,64 @@
+# mem1-pipelines: every entry point a user needs. `make setup` once, then `make demo` / `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH_VERSION ?= 2.13.0
+CONFIG ?= configs/local-tiny.yaml
+REGISTRY ?= ghcr.io/mem1-pipelines
+TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+PLATFORMS ?= linux/amd64
+
+.PHONY: help setup test lint format demo bench compile build-images push-images clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	# torch first, so nothing below can pull a different (CUDA, multi-GB) build
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	# no build isolation: deepspeed's sdist must see the torch above, not fetch its own
+	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation -e ".[dev]"
+	@$(PY) -c "import torch,sys; v=torch.__version__.split('+')[0]; sys.exit(0 if v=='$(TORCH_VERSION)' else 'pip swapped torch: got '+torch.__version__)"
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv with pinned dependencies (torch first)
+
+lint: setup  ## ruff lint + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup  ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: setup  ## lint, then the whole test suite (CPU, no network)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q
+
+demo: setup  ## the whole pipeline locally (kfp.local, MLflow on SQLite, tiny model)
+	$(VENV)/bin/mem1 pipeline local --config $(CONFIG)
+
+bench: setup  ## benchmarks; results in bench/results/ and logged to MLflow
+	$(PY) -m bench.run_all
+
+compile: setup  ## compile the KFP pipeline to build/mem1_pipeline.yaml
+	$(VENV)/bin/mem1 pipeline compile --output build/mem1_pipeline.yaml
+
+build-images:  ## docker buildx the CPU base, CUDA trainer and retrieval images
+	for img in base trainer retrieval; do \
+	  docker buildx build --platform $(PLATFORMS) -f images/$$img.Dockerfile -t $(REGISTRY)/mem1-$$img:$(TAG) . || exit 1; \
+	done
+
+push-images:  ## build and push the images to $(REGISTRY)
+	for img in base trainer retrieval; do \
+	  docker buildx build --push --platform $(PLATFORMS) -f images/$$img.Dockerfile -t $(REGISTRY)/mem1-$$img:$(TAG) . || exit 1; \
+	done
+
+clean:  ## remove run outputs (keeps .venv)
+	rm -rf runs build .pytest_cache

@@ -1,0 +1,158 @@
+"""The MEM1 tag grammar: prompt text, a parser that never raises on model output, and escaping.
+
+Tag names live in one `TagGrammar` so a reference-compatible grammar (`<think>`, `<search>`,
+`<information>`) is one object away. Model output is untrusted: the parser takes the first
+well-formed internal state and the first action after it, and reports anything else as a
+`FormatError` value instead of raising. Observations are escaped so retrieved text can never be
+read back as a model action (prompt injection through documents).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+MAX_PARSE_CHARS = 200_000  # longer generations are cut before parsing; no regex runs on megabytes
+
+
+@dataclass(frozen=True)
+class TagGrammar:
+    state: str = "IS"
+    query: str = "query"
+    answer: str = "answer"
+    info: str = "info"
+    answer_separator: str = ";"
+    # WebShop-style domains put `search[...]` / `click[...]` inside this tag instead of <query>.
+    action: str = "action"
+
+    def open(self, tag: str) -> str:
+        return f"<{tag}>"
+
+    def close(self, tag: str) -> str:
+        return f"</{tag}>"
+
+    @property
+    def all_tags(self) -> tuple[str, ...]:
+        return (self.state, self.query, self.answer, self.info, self.action)
+
+    @property
+    def special_tokens(self) -> list[str]:
+        """Open and close tags, added to trained tokenizers as single tokens."""
+        return [t for tag in self.all_tags for t in (self.open(tag), self.close(tag))]
+
+    @property
+    def action_stops(self) -> list[str]:
+        """Strings that end a turn: the close tag of any action."""
+        return [self.close(self.query), self.close(self.answer), self.close(self.action)]
+
+
+DEFAULT_GRAMMAR = TagGrammar()
+REFERENCE_GRAMMAR = TagGrammar(state="think", query="search", answer="answer", info="information")
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: Literal["query", "answer", "action"]
+    content: str
+    answers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FormatError:
+    reason: str
+
+
+@dataclass(frozen=True)
+class ParsedTurn:
+    state: str | None
+    action: Action | FormatError
+    raw_len: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return isinstance(self.action, Action)
+
+
+@dataclass
+class _Patterns:
+    grammar: TagGrammar
+    state: re.Pattern[str] = field(init=False)
+    action: re.Pattern[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        g = self.grammar
+        self.state = re.compile(rf"<{re.escape(g.state)}>(.*?)</{re.escape(g.state)}>", re.S)
+        kinds = "|".join(re.escape(t) for t in (g.query, g.answer, g.action))
+        self.action = re.compile(rf"<({kinds})>(.*?)</\1>", re.S)
+
+
+_PATTERN_CACHE: dict[TagGrammar, _Patterns] = {}
+
+
+def _patterns(grammar: TagGrammar) -> _Patterns:
+    if grammar not in _PATTERN_CACHE:
+        _PATTERN_CACHE[grammar] = _Patterns(grammar)
+    return _PATTERN_CACHE[grammar]
+
+
+def split_answers(text: str, separator: str = ";") -> tuple[str, ...]:
+    """Tolerant split of '<answer>a1; a2</answer>' content into per-objective answers."""
+    parts = [p.strip() for p in text.split(separator)]
+    while parts and not parts[-1]:
+        parts.pop()
+    return tuple(parts)
+
+
+def parse_turn(text: str, grammar: TagGrammar = DEFAULT_GRAMMAR) -> ParsedTurn:
+    """Parse one generation: optional `<IS>…</IS>` then exactly one action. Never raises."""
+    if not isinstance(text, str):
+        return ParsedTurn(None, FormatError("output is not text"))
+    raw_len = len(text)
+    text = text[:MAX_PARSE_CHARS]
+    pats = _patterns(grammar)
+    state_match = pats.state.search(text)
+    state = state_match.group(1).strip() if state_match else None
+    rest = text[state_match.end() :] if state_match else text
+    action_match = pats.action.search(rest)
+    if action_match is None:
+        reason = "no closed action tag" if state is not None else "no internal state and no action"
+        return ParsedTurn(state, FormatError(reason), raw_len)
+    tag, content = action_match.group(1), action_match.group(2).strip()
+    if tag == grammar.answer:
+        answers = split_answers(content, grammar.answer_separator)
+        if not answers:
+            return ParsedTurn(state, FormatError("empty answer"), raw_len)
+        return ParsedTurn(state, Action("answer", content, answers), raw_len)
+    if not content:
+        return ParsedTurn(state, FormatError(f"empty <{tag}>"), raw_len)
+    kind: Literal["query", "action"] = "query" if tag == grammar.query else "action"
+    return ParsedTurn(state, Action(kind, content), raw_len)
+
+
+def escape_observation(text: str) -> str:
+    """Neutralise anything tag-like in environment text so it can never parse as an action."""
+    return text.replace("<", "‹").replace(">", "›")
+
+
+def format_info(body: str, grammar: TagGrammar = DEFAULT_GRAMMAR) -> str:
+    return f"{grammar.open(grammar.info)}{escape_observation(body)}{grammar.close(grammar.info)}"
+
+
+def format_state(state: str, grammar: TagGrammar = DEFAULT_GRAMMAR) -> str:
+    return f"{grammar.open(grammar.state)}{state}{grammar.close(grammar.state)}"
+
+
+def qa_prompt(questions: list[str], max_turns: int, grammar: TagGrammar = DEFAULT_GRAMMAR) -> str:
+    """The task prompt for multi-objective QA, after the reference implementation's wording."""
+    g = grammar
+    joined = "; ".join(q.strip() for q in questions)
+    n = len(questions)
+    return (
+        f"Answer {n} question{'s' if n > 1 else ''}: {joined}\n"
+        f"Each turn, first write {g.open(g.state)}…{g.close(g.state)}: a cumulative summary of everything "
+        f"you still need, your persistent memory; older turns are erased. Then either search for one "
+        f"question with {g.open(g.query)}…{g.close(g.query)}, or answer all questions at once, in order, "
+        f"separated by '{g.answer_separator} ', with {g.open(g.answer)}…{g.close(g.answer)}. "
+        f"Search results arrive in {g.open(g.info)}…{g.close(g.info)}. You have {max_turns} turns.\n"
+    )

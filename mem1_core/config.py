@@ -1,0 +1,294 @@
+"""One validated config object per pipeline step, loaded from one YAML file.
+
+The CLI, the KFP components and the tests all build these same objects, so a value means the same
+thing everywhere. Unknown keys and out-of-range values fail before any work starts, with the file,
+line and field named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MAX_OBJECTIVES = 32
+
+
+def check_objectives(value: list[int]) -> list[int]:
+    if not value:
+        raise ValueError("needs at least one objective count")
+    for n in value:
+        if not 1 <= n <= MAX_OBJECTIVES:
+            raise ValueError(f"{n} objectives is outside 1..{MAX_OBJECTIVES}")
+    return value
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used; the message names file, line and field."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+T = TypeVar("T", bound=StrictModel)
+
+
+class WorldConfig(StrictModel):
+    """Size of the seeded synthetic multi-hop world (the embedded default data)."""
+
+    seed: int = 0
+    n_people: int = Field(300, ge=4)
+    n_films: int = Field(120, ge=2)
+    n_cities: int = Field(40, ge=2)
+    n_companies: int = Field(40, ge=2)
+
+
+class SourceSpec(StrictModel):
+    """A QA source: the synthetic world, or HotpotQA / Natural Questions by hub id or local path."""
+
+    kind: Literal["synthetic", "hotpotqa", "nq"] = "synthetic"
+    path: str | None = Field(None, description="hub id, or local .json/.jsonl/.parquet file")
+    split: str = "validation"
+    limit: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _real_sources_need_a_path(self) -> SourceSpec:
+        if self.kind != "synthetic" and not self.path:
+            raise ValueError(f"source kind {self.kind!r} needs 'path' (a hub id or a local file)")
+        return self
+
+
+class ComposeConfig(StrictModel):
+    """compose_dataset: N-objective tasks from single questions, plus the retrieval corpus."""
+
+    sources: list[SourceSpec] = Field(default_factory=lambda: [SourceSpec()])
+    world: WorldConfig = Field(default_factory=WorldConfig)
+    corpus_path: str | None = Field(None, description="corpus jsonl {id,title,contents} for real sources")
+    train_objectives: list[int] = Field(default_factory=lambda: [2])
+    eval_objectives: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])
+    n_train_tasks: int = Field(512, ge=1)
+    n_eval_tasks: int = Field(16, ge=1, description="held-out tasks per objective count")
+    hops: list[int] = Field(default_factory=lambda: [1, 2], description="synthetic question hops")
+    seed: int = 0
+
+    @field_validator("train_objectives", "eval_objectives")
+    @classmethod
+    def _objectives_in_range(cls, value: list[int]) -> list[int]:
+        return check_objectives(value)
+
+
+class TinyModelConfig(StrictModel):
+    """A small causal LM built from a config with random weights (no hub download)."""
+
+    architecture: Literal["qwen2", "llama"] = "qwen2"
+    hidden_size: int = Field(128, ge=8)
+    num_hidden_layers: int = Field(2, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    num_key_value_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(384, ge=8)
+    vocab_size: int = Field(2048, ge=64, description="size of the BPE tokenizer trained on the data")
+    max_position_embeddings: int = Field(4096, ge=128)
+
+
+class ModelConfig(StrictModel):
+    """Which base model to start from: 'tiny' builds one; anything else is a hub id or local path."""
+
+    base_model: str = "tiny"
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    use_chat_template: bool = False
+
+
+class AgentConfig(StrictModel):
+    """How an episode runs: memory mode, turn budget and sampling."""
+
+    mode: str = Field("mem1", description="mem1 | full | truncate:K")
+    max_turns: int | None = Field(None, ge=1, description="default: 2 * objectives + 2")
+    max_new_tokens: int = Field(96, ge=1)
+    topk: int = Field(3, ge=1)
+    temperature: float = Field(1.0, ge=0.0, description="0 = greedy")
+    batch_size: int = Field(64, ge=1)
+
+    @field_validator("mode")
+    @classmethod
+    def _mode_is_known(cls, value: str) -> str:
+        parse_mode(value)
+        return value
+
+    def turns_for(self, n_objectives: int) -> int:
+        return self.max_turns if self.max_turns is not None else 2 * n_objectives + 2
+
+
+def parse_mode(mode: str) -> tuple[str, int | None]:
+    """'mem1' | 'full' | 'truncate:K' -> (name, K)."""
+    if mode in ("mem1", "full"):
+        return mode, None
+    if mode.startswith("truncate:"):
+        k = mode.split(":", 1)[1]
+        if k.isdigit() and int(k) >= 1:
+            return "truncate", int(k)
+    raise ValueError(f"unknown agent mode {mode!r}: use mem1, full or truncate:K with K >= 1")
+
+
+class SFTConfig(StrictModel):
+    """sft_warmup: teach the tag format on oracle-teacher trajectories (TRL SFTTrainer)."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    n_tasks: int | None = Field(None, ge=1, description="default: every training task")
+    teacher_trajectories: str | None = Field(None, description="jsonl of trajectories from any teacher")
+    epochs: float = Field(3.0, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_seq_len: int = Field(1024, ge=16)
+    warmup_ratio: float = Field(0.05, ge=0, le=1)
+    seed: int = 0
+
+
+class PPOConfig(StrictModel):
+    """ppo_train: PPO over MEM1 rollouts, scored through one stitched, masked forward pass."""
+
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    steps: int = Field(20, ge=1)
+    prompts_per_step: int = Field(32, ge=1)
+    minibatch_size: int = Field(16, ge=1)
+    ppo_epochs: int = Field(1, ge=1)
+    actor_lr: float = Field(1e-5, gt=0)
+    critic_lr: float = Field(1e-4, gt=0)
+    clip_range: float = Field(0.2, gt=0)
+    value_clip_range: float = Field(0.5, gt=0)
+    entropy_coef: float = Field(0.001, ge=0)
+    kl_coef: float = Field(0.001, ge=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(1.0, ge=0, le=1)
+    whiten_advantages: bool = True
+    max_grad_norm: float = Field(1.0, gt=0)
+    attention: Literal["auto", "dense", "flex"] = Field("auto", description="auto: flex on GPU, dense on CPU")
+    checkpoint_every: int = Field(5, ge=1)
+    deepspeed_config: str | None = None
+    seed: int = 0
+
+
+class EvalConfig(StrictModel):
+    """evaluate: the grid objectives x memory modes on held-out tasks."""
+
+    agent: AgentConfig = Field(default_factory=lambda: AgentConfig(temperature=0.0))
+    objectives: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])
+    modes: list[str] = Field(default_factory=lambda: ["mem1", "full", "truncate:1"])
+    n_tasks_per_objective: int = Field(16, ge=1)
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives_in_range(cls, value: list[int]) -> list[int]:
+        return check_objectives(value)
+
+    @field_validator("modes")
+    @classmethod
+    def _modes_known(cls, value: list[str]) -> list[str]:
+        for m in value:
+            parse_mode(m)
+        return value
+
+
+class RegisterConfig(StrictModel):
+    """register_model: MLflow registration and the champion promotion gate."""
+
+    model_name: str = "mem1-agent"
+    gate_objectives: int = Field(2, ge=1, le=MAX_OBJECTIVES)
+    gate_mode: str = "mem1"
+    em_floor: float = Field(0.0, ge=0)
+
+
+class TrackingConfig(StrictModel):
+    """Where runs are logged; MLFLOW_TRACKING_URI overrides tracking_uri."""
+
+    tracking_uri: str | None = None
+    experiment: str = "mem1"
+
+
+class PipelineConfig(StrictModel):
+    """The whole pipeline: one section per step."""
+
+    domain: Literal["qa", "shop"] = "qa"
+    run_dir: str = "runs"
+    compose: ComposeConfig = Field(default_factory=ComposeConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    registry: RegisterConfig = Field(default_factory=RegisterConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML key at `loc`, or of its deepest existing parent."""
+    line = None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(key):
+                    line, node = k.start_mark.line + 1, v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def format_validation_error(err: ValidationError, source: str, node: yaml.Node | None = None) -> str:
+    lines = [f"{source}: invalid config ({err.error_count()} problem(s))"]
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-after")))
+        field = ".".join(str(x) for x in loc) or "<root>"
+        line = _line_of(node, loc) if node is not None else None
+        where = f"{source}:{line}" if line else source
+        lines.append(f"  {where}: {field}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_yaml(path: str | Path) -> tuple[dict[str, Any], yaml.Node | None]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    text = p.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text) or {}
+        node = yaml.compose(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}:1: the config must be a mapping of step sections, got {type(data).__name__}")
+    return data, node
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load and validate the pipeline config; `overrides` are dotted keys, e.g. {'ppo.steps': 2}."""
+    data, node = load_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        target = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            target = target.setdefault(key, {})
+        target[leaf] = value
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path), node)) from None
+
+
+def parse_section(cls: type[T], data: dict[str, Any] | str, source: str = "<config>") -> T:
+    """Validate one step's section (a dict or a JSON string, as a KFP component receives it)."""
+    try:
+        if isinstance(data, str):
+            return cls.model_validate_json(data)
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
