@@ -1,0 +1,31 @@
+"""evaluate: the grid objectives x memory modes on held-out tasks; cached (deterministic given its inputs)."""
+
+from kfp import dsl
+
+
+def evaluate(
+    eval_json: str,
+    dataset: dsl.Input[dsl.Dataset],
+    model: dsl.Input[dsl.Model],
+    results: dsl.Output[dsl.Artifact],
+    metrics: dsl.Output[dsl.Metrics],
+    table: dsl.Output[dsl.Markdown],
+    plots: dsl.Output[dsl.HTML],
+):
+    import json
+    from pathlib import Path
+
+    from components import runtime
+    from mem1_core.config import EvalConfig, parse_section
+    from mem1_core.eval import evaluate as ev
+
+    cfg = parse_section(EvalConfig, eval_json, "eval")
+    out = Path(results.path)
+    ev.run(cfg, Path(dataset.path), Path(model.path), out)
+    flat = runtime.flatten("", json.loads((out / "metrics.json").read_text(encoding="utf-8")))
+    for key, value in flat.items():
+        metrics.log_metric(runtime.mlflow_metric_key(key), value)
+    md = (out / "table.md").read_text(encoding="utf-8")
+    Path(table.path).write_text(md, encoding="utf-8")
+    pngs = sorted(out.rglob("*.png"))
+    Path(plots.path).write_text(runtime.html_report("MEM1 evaluation", md, pngs), encoding="utf-8")

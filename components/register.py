@@ -1,0 +1,26 @@
+"""register_model: register the PPO model in MLflow behind the promotion gate; never cached."""
+
+from kfp import dsl
+
+
+def register_model(
+    registry_json: str,
+    tracking_uri: str,
+    parent_run_id: str,
+    model: dsl.Input[dsl.Model],
+    eval_results: dsl.Input[dsl.Artifact],
+    report: dsl.Output[dsl.Markdown],
+) -> str:
+    import json
+    from pathlib import Path
+
+    from components import runtime
+    from mem1_core import registry
+    from mem1_core.config import RegisterConfig, parse_section
+
+    cfg = parse_section(RegisterConfig, registry_json, "registry")
+    metrics = json.loads((Path(eval_results.path) / "metrics.json").read_text(encoding="utf-8"))
+    with runtime.nested_run(tracking_uri, parent_run_id, "register_model", json.loads(registry_json)) as run:
+        result = registry.run(cfg, Path(model.path), metrics, run)
+    Path(report.path).write_text(str(result), encoding="utf-8")
+    return str(result)

@@ -1,0 +1,311 @@
+"""What the component bodies share: config merging, MLflow nested runs, artifact writing, training launch.
+
+Component functions are serialised by KFP and run alone in the image, so they stay a few lines long
+and import this module (installed with the project) inside their body. Nothing here imports KFP: the
+functions take plain paths and strings, so they are testable without a pipeline.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mem1_core.config import PipelineConfig
+
+if TYPE_CHECKING:
+    from mem1_core.tracking import RunHandle, Tracker
+
+LogFn = Callable[[dict[str, float], int], None]
+
+# Keys of PipelineConfig that the pipeline's own parameters may override (beyond the free `overrides`).
+SECTIONS = ("compose", "sft", "ppo", "eval", "registry")
+
+
+def merge_config(
+    config_json: str,
+    overrides: dict[str, Any] | None = None,
+    base_model: str = "",
+    sources_json: str = "",
+    train_objectives: list[int] | None = None,
+    eval_objectives: list[int] | None = None,
+    em_floor: float = -1.0,
+    domain: str = "",
+    tracking_uri: str = "",
+) -> PipelineConfig:
+    """The whole run's config: the config JSON, then dotted `overrides`, then the named parameters.
+
+    Empty strings, empty lists and a negative floor mean "keep the config's value", so a pipeline run
+    with only defaults reproduces the compiled-in config exactly.
+    """
+    from pydantic import ValidationError
+
+    from mem1_core.config import ConfigError, format_validation_error
+
+    try:
+        data: dict[str, Any] = json.loads(config_json) if config_json.strip() else {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"pipeline parameter config_json: not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("pipeline parameter config_json: must be a JSON object of step sections")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    if base_model:
+        _set_dotted(data, "sft.model.base_model", base_model)
+    if sources_json.strip():
+        try:
+            _set_dotted(data, "compose.sources", json.loads(sources_json))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"pipeline parameter sources_json: not valid JSON: {e}") from None
+    if train_objectives:
+        _set_dotted(data, "compose.train_objectives", list(train_objectives))
+    if eval_objectives:
+        _set_dotted(data, "compose.eval_objectives", list(eval_objectives))
+        _set_dotted(data, "eval.objectives", list(eval_objectives))
+    if em_floor >= 0:
+        _set_dotted(data, "registry.em_floor", em_floor)
+    if domain:
+        data["domain"] = domain
+    if tracking_uri:
+        _set_dotted(data, "tracking.tracking_uri", tracking_uri)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, "pipeline parameters")) from None
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    target = data
+    for key in parents:
+        nxt = target.setdefault(key, {})
+        if not isinstance(nxt, dict):
+            from mem1_core.config import ConfigError
+
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+        target = nxt
+    target[leaf] = value
+
+
+def section_json(cfg: PipelineConfig, name: str) -> str:
+    """One step's section as the canonical JSON string the step's component receives (cache-stable)."""
+    return json.dumps(getattr(cfg, name).model_dump(mode="json"), sort_keys=True)
+
+
+def flatten(prefix: str, value: Any, out: dict[str, float] | None = None) -> dict[str, float]:
+    """Numeric leaves of nested dicts as 'a.b.c' -> float (what MLflow and KFP Metrics accept)."""
+    out = {} if out is None else out
+    if isinstance(value, dict):
+        for k, v in value.items():
+            flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(value, bool | int | float):
+        out[prefix] = float(value)
+    return out
+
+
+def mlflow_metric_key(key: str) -> str:
+    """MLflow keys allow [A-Za-z0-9_-./ ] only; replace anything else (e.g. ':' in 'truncate:1')."""
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
+
+
+# ---------------------------------------------------------------------------------------------- MLflow
+
+
+def resolve_tracking_uri(tracking_uri: str) -> str:
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        raise ValueError(
+            "no MLflow tracking URI: set the pipeline parameter mlflow_uri or MLFLOW_TRACKING_URI"
+        )
+    return uri
+
+
+def tracker_for(tracking_uri: str, experiment: str = "mem1") -> Tracker:
+    """A Tracker for a component; with SQLite, artifacts go next to the database (runs/mlartifacts)."""
+    from mem1_core.tracking import Tracker, is_local_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    artifacts = None
+    if uri.startswith("sqlite:///") and is_local_uri(uri):
+        artifacts = (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
+    return Tracker(uri, experiment, artifacts)
+
+
+TAG_KFP_JOB = "mem1.kfp_job_id"
+
+
+def start_parent_run(
+    tracking_uri: str, experiment: str, run_name: str, config: dict[str, Any], pipeline_job_id: str = ""
+) -> str:
+    """Create the pipeline's parent MLflow run and leave it RUNNING; the exit handler closes it.
+
+    (mem1_core.tracking's context manager closes the run on exit, but here the run must outlive this
+    step: every later step nests under it, in other pods.)
+    """
+    from mlflow.entities import Param
+
+    from mem1_core import tracking
+
+    tracker = tracker_for(tracking_uri, experiment)
+    params = tracking.flatten_params(config)
+    tracking.validate_params(params)
+    tags = {"mem1.kind": "pipeline", "mem1.git_commit": tracking.git_commit(), TAG_KFP_JOB: pipeline_job_id}
+    run = tracker.call(
+        lambda: tracker.client.create_run(tracker.experiment_id, run_name=run_name, tags=tags),
+        f"creating the pipeline run {run_name!r}",
+    )
+    run_id = run.info.run_id
+    tracker.call(lambda: tracker.client.set_tag(run_id, tracking.TAG_PIPELINE_RUN, run_id), "tagging the run")
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), tracking.PARAMS_PER_BATCH):
+        chunk = items[i : i + tracking.PARAMS_PER_BATCH]
+        tracker.call(lambda c=chunk: tracker.client.log_batch(run_id, params=c), "logging pipeline params")
+    return run_id
+
+
+def finish_parent_run(tracking_uri: str, pipeline_job_id: str, state: str) -> str | None:
+    """Close the parent run tagged with this KFP job id (SUCCEEDED -> FINISHED, else FAILED).
+
+    Returns its run id, or None when prepare_run never created one (it failed first).
+    """
+    tracker = tracker_for(tracking_uri)
+    client = tracker.client
+    exps = tracker.call(lambda: client.search_experiments(), "listing experiments")
+    runs = tracker.call(
+        lambda: client.search_runs(
+            [e.experiment_id for e in exps], filter_string=f"tags.`{TAG_KFP_JOB}` = '{pipeline_job_id}'"
+        ),
+        "finding the pipeline run",
+    )
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    status = "FINISHED" if state == "SUCCEEDED" else "FAILED"
+    tracker.call(lambda: client.set_tag(run_id, "mem1.pipeline_state", state), "tagging the pipeline run")
+    tracker.call(lambda: client.set_terminated(run_id, status), "closing the pipeline run")
+    return run_id
+
+
+@contextmanager
+def nested_run(
+    tracking_uri: str, parent_run_id: str, step: str, config: dict[str, Any] | None = None
+) -> Iterator[RunHandle]:
+    """A nested MLflow run for one step under the pipeline's parent run; FAILED if the body raises."""
+    with tracker_for(tracking_uri).step_run(step, config or {}, parent_run_id) as handle:
+        yield handle
+
+
+# ------------------------------------------------------------------------------------------- artifacts
+
+
+def copy_dir(src: str | Path, dst: str | Path) -> Path:
+    """Copy a directory's contents into `dst` (created); KFP output paths may already exist."""
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    return dst
+
+
+def html_report(title: str, markdown_table: str, images: list[Path]) -> str:
+    """A self-contained HTML page (PNG plots inlined) for the KFP UI's HTML visualisation."""
+    import html
+
+    parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"]
+    parts.append(f"<h1>{html.escape(title)}</h1><pre>{html.escape(markdown_table)}</pre>")
+    for img in images:
+        data = base64.b64encode(img.read_bytes()).decode("ascii")
+        parts.append(f"<h3>{html.escape(img.name)}</h3><img src='data:image/png;base64,{data}'/>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# -------------------------------------------------------------------------------------------- training
+
+
+def train(
+    kind: str,
+    section: str,
+    data_dir: Path,
+    out_dir: Path,
+    model_dir: Path | None,
+    log: LogFn | None,
+    num_nodes: int = 1,
+    gpus_per_node: int = 1,
+    launcher: str = "trainjob",
+) -> Path:
+    """Run SFT or PPO: in this process on one device, torchrun on one node, a training job on many.
+
+    Returns the trained model directory. The multi-node path goes through pipelines.trainjob, which
+    creates a TrainJob / PyTorchJob whose workers share the workspace volume with this pod.
+    """
+    from mem1_core.config import PPOConfig, SFTConfig, parse_section
+
+    if kind not in ("sft", "ppo"):
+        raise ValueError(f"unknown training step {kind!r}: use sft or ppo")
+    if num_nodes < 1 or gpus_per_node < 0:
+        raise ValueError(f"num_nodes must be >= 1 and gpus_per_node >= 0, got {num_nodes}, {gpus_per_node}")
+    if kind == "ppo" and model_dir is None:
+        raise ValueError("ppo needs the SFT model directory")
+    if num_nodes > 1:
+        from pipelines.trainjob import run_distributed_step
+
+        return run_distributed_step(
+            kind=kind,
+            section=section,
+            data_dir=data_dir,
+            model_dir=model_dir,
+            out_dir=out_dir,
+            num_nodes=num_nodes,
+            gpus_per_node=gpus_per_node,
+            launcher=launcher,
+        )
+    if gpus_per_node > 1:
+        return _torchrun_single_node(kind, section, data_dir, model_dir, out_dir, gpus_per_node)
+    if kind == "sft":
+        from mem1_core.rl import sft
+
+        return Path(sft.run(parse_section(SFTConfig, section, "sft"), data_dir, out_dir, log=log))
+    from mem1_core.rl import ppo
+
+    assert model_dir is not None
+    return Path(ppo.run(parse_section(PPOConfig, section, "ppo"), data_dir, model_dir, out_dir, log=log))
+
+
+def step_command(
+    kind: str, config_path: Path, data_dir: Path, model_dir: Path | None, out_dir: Path
+) -> list[str]:
+    """The `mem1 sft|ppo` arguments a distributed worker runs (after torchrun's own arguments)."""
+    args = ["-m", "mem1_core.cli", kind, "--config", str(config_path), "--data-dir", str(data_dir)]
+    if model_dir is not None:
+        args += ["--model-dir", str(model_dir)]
+    args += ["--out-dir", str(out_dir)]
+    if kind == "ppo":
+        args += ["--deepspeed", "configs/deepspeed_zero3.json"]
+    return args
+
+
+def write_step_config(kind: str, section: str, path: Path) -> Path:
+    """A pipeline config YAML holding only this step's section, for `mem1 <step> --config`."""
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({kind: json.loads(section)}, sort_keys=True), encoding="utf-8")
+    return path
+
+
+def _torchrun_single_node(
+    kind: str, section: str, data_dir: Path, model_dir: Path | None, out_dir: Path, gpus: int
+) -> Path:
+    config_path = write_step_config(kind, section, out_dir.parent / f"{kind}-config.yaml")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
+    cmd += step_command(kind, config_path, data_dir, model_dir, out_dir)
+    print("running:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return out_dir

@@ -1,0 +1,257 @@
+"""The MEM1 pipeline: prepare -> compose -> SFT -> PPO -> evaluate -> register, closed by an exit handler.
+
+Wiring and placement only; every step's work happens in mem1_core through components/. Cluster facts
+that do not change per run (GPU node pool, secret and volume names, requests) are compile-time
+`ClusterOptions`; what a user varies per run (config, model, objectives, nodes, GPUs, MLflow URI,
+promotion floor) are pipeline parameters.
+"""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from kfp import dsl, kubernetes
+
+import components
+from components.images import Images
+from mem1_core.config import PipelineConfig
+
+PIPELINE_NAME = "mem1-pipeline"
+
+
+@dataclass(frozen=True)
+class Toleration:
+    key: str
+    operator: str = "Exists"
+    value: str | None = None
+    effect: str | None = "NoSchedule"
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Where the steps run; defaults match manifests/ (secret, config map, PVC and RBAC names)."""
+
+    gpu_node_selector: dict[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    gpu_tolerations: tuple[Toleration, ...] = (Toleration("nvidia.com/gpu"),)
+    gpu_cpu_request: str = "8"
+    gpu_memory_request: str = "64Gi"
+    cpu_request: str = "2"
+    memory_request: str = "8Gi"
+    light_cpu_request: str = "250m"
+    light_memory_request: str = "512Mi"
+    mlflow_secret: str = "mem1-mlflow-credentials"
+    mlflow_secret_keys: tuple[str, ...] = (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+    )
+    mlflow_config_map: str = "mem1-mlflow"
+    mlflow_config_keys: tuple[str, ...] = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL")
+    hf_secret: str = "mem1-hf-token"
+    workspace_pvc: str = "mem1-workspace"
+    workspace_mount: str = "/workspace"
+    retries: int = 2
+    retry_backoff: str = "60s"
+    train_timeout_s: int = 3 * 24 * 3600
+
+
+def _with_mlflow_env(task: Any, cluster: ClusterOptions) -> Any:
+    """MLflow endpoint from a ConfigMap and credentials from a Secret, by reference only."""
+    kubernetes.use_config_map_as_env(
+        task, cluster.mlflow_config_map, {k: k for k in cluster.mlflow_config_keys}, optional=True
+    )
+    kubernetes.use_secret_as_env(
+        task, cluster.mlflow_secret, {k: k for k in cluster.mlflow_secret_keys}, optional=True
+    )
+    return task
+
+
+def _on_gpu_pool(task: Any, cluster: ClusterOptions, accelerator_type: Any, gpus: Any) -> Any:
+    task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpus)
+    task.set_cpu_request(cluster.gpu_cpu_request).set_memory_request(cluster.gpu_memory_request)
+    for key, value in cluster.gpu_node_selector.items():
+        kubernetes.add_node_selector(task, key, value)
+    for t in cluster.gpu_tolerations:
+        kubernetes.add_toleration(task, key=t.key, operator=t.operator, value=t.value, effect=t.effect)
+    return task
+
+
+def _light(task: Any, cluster: ClusterOptions) -> Any:
+    return task.set_cpu_request(cluster.light_cpu_request).set_memory_request(cluster.light_memory_request)
+
+
+def _retry(task: Any, cluster: ClusterOptions) -> Any:
+    return task.set_retry(
+        num_retries=cluster.retries, backoff_duration=cluster.retry_backoff, backoff_factor=2.0
+    )
+
+
+def _trainer_env(task: Any, cluster: ClusterOptions, images: Images) -> Any:
+    """What a training step needs to launch a multi-node job: namespace, image, pool, shared volume."""
+    kubernetes.use_field_path_as_env(task, "MEM1_NAMESPACE", "metadata.namespace")
+    kubernetes.use_secret_as_env(task, cluster.hf_secret, {"HF_TOKEN": "HF_TOKEN"}, optional=True)
+    kubernetes.mount_pvc(task, cluster.workspace_pvc, cluster.workspace_mount)
+    tolerations = [{k: v for k, v in vars(t).items() if v is not None} for t in cluster.gpu_tolerations]
+    env = {
+        "MEM1_TRAINER_IMAGE": images.trainer,
+        "MEM1_WORKSPACE": cluster.workspace_mount,
+        "MEM1_WORKSPACE_PVC": cluster.workspace_pvc,
+        "MEM1_GPU_NODE_SELECTOR": json.dumps(cluster.gpu_node_selector, sort_keys=True),
+        "MEM1_GPU_TOLERATIONS": json.dumps(tolerations, sort_keys=True),
+        "MEM1_MLFLOW_SECRET": cluster.mlflow_secret,
+        "MEM1_MLFLOW_CONFIG_MAP": cluster.mlflow_config_map,
+    }
+    for name, value in env.items():
+        task.set_env_variable(name, value)
+    kubernetes.set_timeout(task, cluster.train_timeout_s)
+    return task
+
+
+def build_pipeline(
+    images: Images | None = None,
+    cluster: ClusterOptions | None = None,
+    default_config: PipelineConfig | None = None,
+) -> Any:
+    """The pipeline function (a KFP GraphComponent) for these images, cluster and default config."""
+    images = images or Images.from_env()
+    cluster = cluster or ClusterOptions()
+    c = components.build(images)
+    default_json = json.dumps((default_config or PipelineConfig()).model_dump(mode="json"), sort_keys=True)
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="MEM1 constant-memory agents: compose tasks, SFT warm-up, PPO with the MEM1 mask, "
+        "evaluate over objective counts and memory modes, register behind a promotion gate.",
+    )
+    def mem1_pipeline(
+        config_json: str = default_json,
+        overrides: dict = {},  # noqa: B006 - KFP parameter default, never mutated
+        base_model: str = "",
+        sources_json: str = "",
+        train_objectives: list = [],  # noqa: B006
+        eval_objectives: list = [],  # noqa: B006
+        em_floor: float = -1.0,
+        domain: str = "",
+        mlflow_uri: str = "",
+        experiment: str = "",
+        num_nodes: int = 1,
+        gpus_per_node: int = 1,
+        accelerator_type: str = "nvidia.com/gpu",
+        training_launcher: str = "trainjob",
+    ) -> None:
+        finish = c.finish_run(tracking_uri=mlflow_uri, pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        finish.set_display_name("close MLflow run").set_caching_options(enable_caching=False)
+        _with_mlflow_env(_light(finish, cluster), cluster)
+
+        with dsl.ExitHandler(finish, name="mem1"):
+            prep = c.prepare_run(
+                config_json=config_json,
+                overrides=overrides,
+                base_model=base_model,
+                sources_json=sources_json,
+                train_objectives=train_objectives,
+                eval_objectives=eval_objectives,
+                em_floor=em_floor,
+                domain=domain,
+                tracking_uri=mlflow_uri,
+                experiment=experiment,
+                run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                num_nodes=num_nodes,
+                gpus_per_node=gpus_per_node,
+            ).set_display_name("prepare run")
+            prep.set_caching_options(enable_caching=False)
+            _retry(_with_mlflow_env(_light(prep, cluster), cluster), cluster)
+            uri = prep.outputs["tracking_uri"]
+            parent = prep.outputs["parent_run_id"]
+
+            compose = c.compose_dataset(compose_json=prep.outputs["compose"]).set_display_name(
+                "compose dataset"
+            )
+            compose.set_caching_options(enable_caching=True)
+            compose.set_cpu_request(cluster.cpu_request).set_memory_request(cluster.memory_request)
+            kubernetes.use_secret_as_env(compose, cluster.hf_secret, {"HF_TOKEN": "HF_TOKEN"}, optional=True)
+            _retry(compose, cluster)
+
+            record_compose = c.record_step(
+                tracking_uri=uri,
+                parent_run_id=parent,
+                step="compose_dataset",
+                section_json=prep.outputs["compose"],
+                metrics=compose.outputs["stats"],
+                files=compose.outputs["dataset"],
+            ).set_display_name("log compose")
+            record_compose.set_caching_options(enable_caching=False)
+            _retry(_with_mlflow_env(_light(record_compose, cluster), cluster), cluster)
+
+            sft = c.sft_warmup(
+                sft_json=prep.outputs["sft"],
+                tracking_uri=uri,
+                parent_run_id=parent,
+                num_nodes=num_nodes,
+                gpus_per_node=gpus_per_node,
+                launcher=training_launcher,
+                dataset=compose.outputs["dataset"],
+            ).set_display_name("SFT warm-up")
+            sft.set_caching_options(enable_caching=False)
+            _retry(
+                _trainer_env(
+                    _with_mlflow_env(_on_gpu_pool(sft, cluster, accelerator_type, gpus_per_node), cluster),
+                    cluster,
+                    images,
+                ),
+                cluster,
+            )
+
+            ppo = c.ppo_train(
+                ppo_json=prep.outputs["ppo"],
+                tracking_uri=uri,
+                parent_run_id=parent,
+                num_nodes=num_nodes,
+                gpus_per_node=gpus_per_node,
+                launcher=training_launcher,
+                dataset=compose.outputs["dataset"],
+                sft_model=sft.outputs["model"],
+            ).set_display_name("PPO")
+            ppo.set_caching_options(enable_caching=False)
+            _retry(
+                _trainer_env(
+                    _with_mlflow_env(_on_gpu_pool(ppo, cluster, accelerator_type, gpus_per_node), cluster),
+                    cluster,
+                    images,
+                ),
+                cluster,
+            )
+
+            ev = c.evaluate(
+                eval_json=prep.outputs["eval"],
+                dataset=compose.outputs["dataset"],
+                model=ppo.outputs["model"],
+            ).set_display_name("evaluate")
+            ev.set_caching_options(enable_caching=True)
+            _retry(_on_gpu_pool(ev, cluster, accelerator_type, 1), cluster)
+
+            record_eval = c.record_step(
+                tracking_uri=uri,
+                parent_run_id=parent,
+                step="evaluate",
+                section_json=prep.outputs["eval"],
+                metrics=ev.outputs["metrics"],
+                files=ev.outputs["results"],
+            ).set_display_name("log evaluation")
+            record_eval.set_caching_options(enable_caching=False)
+            _retry(_with_mlflow_env(_light(record_eval, cluster), cluster), cluster)
+
+            register = c.register_model(
+                registry_json=prep.outputs["registry"],
+                tracking_uri=uri,
+                parent_run_id=parent,
+                model=ppo.outputs["model"],
+                eval_results=ev.outputs["results"],
+            ).set_display_name("register model")
+            register.set_caching_options(enable_caching=False)
+            register.after(record_eval)
+            _with_mlflow_env(_light(register, cluster), cluster)
+
+    return mem1_pipeline

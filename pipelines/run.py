@@ -1,0 +1,117 @@
+"""Compile the pipeline to YAML, submit it to a KFP host, or run it end to end locally with kfp.local."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.images import Images
+from mem1_core.config import PipelineConfig, load_config
+from pipelines.mem1_pipeline import PIPELINE_NAME, ClusterOptions, build_pipeline
+
+
+def compile_pipeline(
+    output: str | Path,
+    config: PipelineConfig | None = None,
+    images: Images | None = None,
+    cluster: ClusterOptions | None = None,
+) -> Path:
+    """Write the compiled pipeline spec (YAML) with `config` as the default config_json parameter."""
+    from kfp import compiler
+
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pipeline = build_pipeline(images, cluster, config)
+    compiler.Compiler().compile(pipeline, str(out))
+    return out
+
+
+def submit(
+    package: str | Path,
+    host: str | None = None,
+    namespace: str | None = None,
+    token: str | None = None,
+    experiment: str = "mem1",
+    run_name: str | None = None,
+    arguments: dict[str, Any] | None = None,
+) -> str:
+    """Create a run of a compiled package on a KFP host; returns the run id."""
+    import kfp
+
+    host = host or os.environ.get("KFP_HOST")
+    if not host:
+        raise ValueError("no KFP host: pass --host or set KFP_HOST (e.g. http://ml-pipeline-ui.kubeflow:80)")
+    token = token or os.environ.get("KFP_TOKEN") or None
+    namespace = namespace or os.environ.get("KFP_NAMESPACE") or None
+    client = kfp.Client(host=host, existing_token=token, namespace=namespace)
+    result = client.create_run_from_pipeline_package(
+        str(package),
+        arguments=arguments or {},
+        run_name=run_name or f"{PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
+        experiment_name=experiment,
+        namespace=namespace,
+    )
+    return str(result.run_id)
+
+
+@dataclass
+class LocalResult:
+    run_dir: Path
+    tracking_uri: str
+    outputs: dict[str, Any]
+    eval_dir: Path | None
+    table: str
+    registered: str
+
+
+def run_local(
+    config: PipelineConfig, run_dir: str | Path | None = None, caching: bool = False
+) -> LocalResult:
+    """The whole pipeline on this machine: kfp.local's SubprocessRunner in this Python, MLflow on SQLite."""
+    from kfp import local
+
+    run_dir = Path(run_dir or config.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    uri = config.tracking.tracking_uri or f"sqlite:///{run_dir / 'mlflow.db'}"
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(run_dir / "kfp"),
+        enable_caching=caching,
+        cache_root=str(run_dir / "kfp" / ".cache"),
+    )
+    # The local images are this Python; the names only label the tasks.
+    pipeline = build_pipeline(Images(base="python-local", trainer="python-local"), None, config)
+    task = pipeline(
+        config_json=json.dumps(config.model_dump(mode="json")),
+        mlflow_uri=uri,
+        experiment=config.tracking.experiment,
+        num_nodes=1,
+        gpus_per_node=1,
+    )
+    outputs = dict(task.outputs) if task.outputs else {}
+    eval_dir = _latest(run_dir / "kfp", "results")
+    table = (
+        (eval_dir / "table.md").read_text(encoding="utf-8")
+        if eval_dir and (eval_dir / "table.md").exists()
+        else ""
+    )
+    registered = _latest_text(run_dir / "kfp", "register-model", "Output")
+    return LocalResult(run_dir, uri, outputs, eval_dir, table, registered)
+
+
+def _latest(root: Path, name: str) -> Path | None:
+    found = [p for p in root.rglob(name) if p.is_dir()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _latest_text(root: Path, task: str, name: str) -> str:
+    found = [p for p in root.rglob(f"{task}*/{name}") if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime).read_text(encoding="utf-8") if found else ""
+
+
+def load(config_path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    return load_config(config_path, overrides)
