@@ -53,8 +53,6 @@ def prepare_run(
         domain,
         tracking_uri,
     )
-    if cfg.domain != "qa":
-        raise ValueError(f"domain {cfg.domain!r} has no environment in this build yet; use domain=qa")
     uri = runtime.resolve_tracking_uri(cfg.tracking.tracking_uri or "")
     params = cfg.model_dump(mode="json")
     params["cluster"] = {"num_nodes": num_nodes, "gpus_per_node": gpus_per_node}

@@ -1,0 +1,162 @@
+"""`make compile`'s output: GPU placement, retries, caching and secret references, and no secret values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mem1_core.cli import main
+from mem1_core.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+GPU_STEPS = ("sft-warmup", "ppo-train", "evaluate")
+SECRET_VALUES = {
+    "AWS_SECRET_ACCESS_KEY": "s3cr3t-do-not-ship",
+    "MLFLOW_TRACKING_PASSWORD": "hunter2-do-not-ship",
+}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    out = tmp_path_factory.mktemp("compile") / "mem1_pipeline.yaml"
+    mp = pytest.MonkeyPatch()
+    for k, v in SECRET_VALUES.items():  # present in the compiling shell; must not leak into the YAML
+        mp.setenv(k, v)
+    mp.setenv("MEM1_IMAGE_REGISTRY", "registry.example.com/team")
+    mp.setenv("MEM1_IMAGE_TAG", "abc123")
+    try:
+        rc = main(
+            ["pipeline", "compile", "--output", str(out), "--config", str(REPO / "configs/local-tiny.yaml")]
+        )
+    finally:
+        mp.undo()
+    assert rc == 0
+    text = out.read_text(encoding="utf-8")
+    spec, platform = list(yaml.safe_load_all(text))
+    return text, spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _tasks(spec: dict[str, Any]) -> dict[str, Any]:
+    tasks: dict[str, Any] = {}
+    for comp in [spec["root"], *spec["components"].values()]:
+        tasks.update(comp.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def test_all_steps_present_and_chained(compiled: tuple[str, dict, dict]) -> None:
+    _, spec, _ = compiled
+    tasks = _tasks(spec)
+    for name in (
+        "prepare-run",
+        "compose-dataset",
+        "sft-warmup",
+        "ppo-train",
+        "evaluate",
+        "register-model",
+        "finish-run",
+    ):
+        assert name in tasks, name
+    assert "sft-warmup" in tasks["ppo-train"]["dependentTasks"]
+    assert "ppo-train" in tasks["evaluate"]["dependentTasks"]
+    assert {"ppo-train", "evaluate"} <= set(tasks["register-model"]["dependentTasks"])
+    assert tasks["finish-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+
+
+def test_gpu_steps_request_accelerators_cpu_memory_and_gpu_pool(compiled: tuple[str, dict, dict]) -> None:
+    _, spec, platform = compiled
+    execs = spec["deploymentSpec"]["executors"]
+    for step in GPU_STEPS:
+        res = execs[f"exec-{step}"]["container"]["resources"]
+        assert "accelerator_type" in res["accelerator"]["resourceType"]
+        count = res["accelerator"]["resourceCount"]
+        assert ("gpus_per_node" in count) if step != "evaluate" else count == "1"
+        assert res["resourceCpuRequest"] == "8" and res["resourceMemoryRequest"] == "64Gi"
+        k8s = platform[f"exec-{step}"]
+        assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s["tolerations"]
+    # CPU steps stay off the GPU pool
+    for step in ("compose-dataset", "register-model", "prepare-run"):
+        assert "accelerator" not in execs[f"exec-{step}"]["container"].get("resources", {})
+        assert "nodeSelector" not in platform.get(f"exec-{step}", {})
+
+
+def test_training_steps_can_launch_multi_node_jobs(compiled: tuple[str, dict, dict]) -> None:
+    _, spec, platform = compiled
+    for step in ("sft-warmup", "ppo-train"):
+        env = {
+            e["name"]: e["value"]
+            for e in spec["deploymentSpec"]["executors"][f"exec-{step}"]["container"]["env"]
+        }
+        assert env["MEM1_TRAINER_IMAGE"] == "registry.example.com/team/mem1-trainer:abc123"
+        assert json.loads(env["MEM1_GPU_TOLERATIONS"])[0]["key"] == "nvidia.com/gpu"
+        assert platform[f"exec-{step}"]["pvcMount"][0]["mountPath"] == "/workspace"
+        assert platform[f"exec-{step}"]["fieldPathAsEnv"] == [
+            {"fieldPath": "metadata.namespace", "name": "MEM1_NAMESPACE"}
+        ]
+
+
+def test_retry_and_caching_policies(compiled: tuple[str, dict, dict]) -> None:
+    _, spec, _ = compiled
+    tasks = _tasks(spec)
+    for name in ("compose-dataset", "sft-warmup", "ppo-train", "evaluate"):
+        assert tasks[name]["retryPolicy"]["maxRetryCount"] == 2, name
+        assert tasks[name]["retryPolicy"]["backoffDuration"] == "60s"
+    assert "retryPolicy" not in tasks["register-model"]  # a retry could register a second version
+    assert tasks["compose-dataset"]["cachingOptions"] == {"enableCache": True}
+    assert tasks["evaluate"]["cachingOptions"] == {"enableCache": True}
+    for name in ("prepare-run", "sft-warmup", "ppo-train", "register-model", "finish-run"):
+        assert tasks[name]["cachingOptions"].get("enableCache", False) is False, name
+    # cached steps must not take the per-run parent id, or they would never hit the cache
+    for name in ("compose-dataset", "evaluate"):
+        assert "parent_run_id" not in tasks[name]["inputs"].get("parameters", {})
+
+
+def test_secrets_are_references_only(compiled: tuple[str, dict, dict]) -> None:
+    text, _, platform = compiled
+    for step in ("prepare-run", "sft-warmup", "ppo-train", "register-model", "finish-run"):
+        secrets = {s["secretName"]: s for s in platform[f"exec-{step}"]["secretAsEnv"]}
+        ref = secrets["mem1-mlflow-credentials"]
+        envs = {m["envVar"] for m in ref["keyToEnv"]}
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD"} <= envs
+        cms = {c["configMapName"] for c in platform[f"exec-{step}"]["configMapAsEnv"]}
+        assert "mem1-mlflow" in cms
+    for value in SECRET_VALUES.values():
+        assert value not in text
+
+
+def test_images_and_no_runtime_pip_install(compiled: tuple[str, dict, dict]) -> None:
+    text, spec, _ = compiled
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {
+        "registry.example.com/team/mem1-base:abc123",
+        "registry.example.com/team/mem1-trainer:abc123",
+    }
+    assert spec["deploymentSpec"]["executors"]["exec-ppo-train"]["container"]["image"].endswith(
+        "mem1-trainer:abc123"
+    )
+    assert "pip install" not in text
+
+
+def test_default_config_is_the_compiled_in_preset(compiled: tuple[str, dict, dict]) -> None:
+    _, spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    default = json.loads(params["config_json"]["defaultValue"])
+    assert default == load_config(REPO / "configs/local-tiny.yaml").model_dump(mode="json")
+    for name in (
+        "base_model",
+        "train_objectives",
+        "eval_objectives",
+        "num_nodes",
+        "gpus_per_node",
+        "accelerator_type",
+        "mlflow_uri",
+        "em_floor",
+        "domain",
+        "overrides",
+        "training_launcher",
+    ):
+        assert name in params, name
