@@ -1,0 +1,75 @@
+"""Random MEM1 / full / truncate trajectories and a tiny model, shared by the rl tests."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from mem1_core.agent.types import Trajectory, Turn
+
+VOCAB = 256
+PAD = 0
+INFO_LO, INFO_HI = 200, 255  # observation tokens come from here, outputs from 1..199
+
+
+def random_trajectory(rng: random.Random, mode: str, n_turns: int, task_id: str = "t") -> Trajectory:
+    """Contexts built exactly as the rollout builds them, by concatenating ids."""
+    p = rng.randint(3, 12)
+    prompt = [rng.randint(1, 199) for _ in range(p)]
+    history: list[list[int]] = []  # per past turn: its output ids + observation ids
+    turns: list[Turn] = []
+    for _ in range(n_turns):
+        if mode == "mem1":
+            kept = history[-1] if history else []
+        elif mode == "full":
+            kept = [x for h in history for x in h]
+        elif mode.startswith("truncate:"):
+            k = int(mode.split(":")[1])
+            kept = [x for h in history[-k:] for x in h]
+        else:
+            raise ValueError(mode)
+        out = [rng.randint(1, 199) for _ in range(rng.randint(1, 10))]
+        info = [rng.randint(INFO_LO, INFO_HI) for _ in range(rng.randint(0, 8))]
+        turns.append(Turn(context_ids=prompt + kept, output_ids=out, output_text=""))
+        history.append(out + info)
+    return Trajectory(
+        task_id=task_id, mode=mode, n_objectives=1, prompt_len=p, turns=turns, reward=rng.random()
+    )
+
+
+def tiny_lm(attn: str = "eager", seed: int = 0) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+    )
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, dtype=torch.float32)
+    return model.eval()
+
+
+def reference_per_turn(lm: torch.nn.Module, head: torch.nn.Module, traj: Trajectory) -> tuple[list, list]:
+    """Ground truth: run every turn's real context separately (plain causal attention).
+
+    Returns per-turn log-probs of the output ids and the values of the states before them.
+    """
+    lm.set_attn_implementation("eager")
+    lps, vals = [], []
+    with torch.no_grad():
+        for turn in traj.turns:
+            ids = torch.tensor([turn.context_ids + turn.output_ids])
+            hidden = lm.base_model(input_ids=ids, use_cache=False).last_hidden_state[0]
+            c, n = len(turn.context_ids), len(turn.output_ids)
+            pred_h = hidden[c - 1 : c - 1 + n]
+            logp = torch.log_softmax(lm.get_output_embeddings()(pred_h).float(), -1)
+            lps.append(logp.gather(-1, torch.tensor(turn.output_ids)[:, None]).squeeze(-1))
+            vals.append(head(pred_h).squeeze(-1))
+    return lps, vals
