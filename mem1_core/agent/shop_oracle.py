@@ -1,0 +1,152 @@
+"""A scripted teacher for the shop domain: reads its context, knows each instruction's target product.
+
+It writes the turns a good MEM1 agent would: a compact internal state (which instruction it is on,
+what it wants, the target, how many searches it has tried) and one WebShop action. Everything it
+needs is in what the context keeps in MEM1 mode (the prompt, its last internal state, its last
+action and the last page), so the same teacher works in mem1, full and truncate:K modes. Its
+trajectories are SFT warm-up data; on seeded tasks it reaches reward 1.0.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from mem1_core.agent.tags import DEFAULT_GRAMMAR, TagGrammar
+from mem1_core.agent.types import PolicyInput, PolicyOutput
+from mem1_core.data.shop_catalog import ShopGoal, goals_from_task, normalize_text
+from mem1_core.envs.shop import BACK_TO_SEARCH, BUY_NOW, NEXT_PAGE, PREV_PAGE
+
+MAX_PAGES = 3  # pages of results looked through before searching again
+MAX_TRIES = 2  # 1: attribute keywords, 2: the target's title; beyond: buy the best result seen
+
+_RESULT_RE = re.compile(r"^\[([^\]\s]+)\] ", re.M)
+_PAGE_RE = re.compile(r"\(page (\d+) of (\d+)\)")
+_ITEM_RE = re.compile(r"^Item \[([^\]\s]+)\]", re.M)
+_BOUGHT_RE = re.compile(r"^Bought \[", re.M)
+_NON_OPTION_LINES = ("Item ", "Features:", "Selected:", "Actions:", "Invalid action", "[")
+
+
+@dataclass(frozen=True)
+class _Memory:
+    """What the teacher keeps in its internal state between turns."""
+
+    item: int  # 0-based index of the instruction being bought
+    tries: int  # searches made for this instruction
+
+
+def _state_re(grammar: TagGrammar) -> re.Pattern[str]:
+    return re.compile(
+        rf"{re.escape(grammar.open(grammar.state))}Buying item (\d+) of \d+\b.*?Tries (\d+)\.", re.S
+    )
+
+
+def _info_re(grammar: TagGrammar) -> re.Pattern[str]:
+    return re.compile(
+        rf"{re.escape(grammar.open(grammar.info))}(.*?){re.escape(grammar.close(grammar.info))}", re.S
+    )
+
+
+def _available_options(page: str) -> set[str]:
+    values: set[str] = set()
+    for line in page.splitlines()[1:]:
+        if line.startswith(_NON_OPTION_LINES) or ": " not in line:
+            continue
+        values.update(normalize_text(v) for v in line.split(": ", 1)[1].split(" | "))
+    return values
+
+
+def _is_selected(page: str, value: str) -> bool:
+    for line in page.splitlines():
+        if line.startswith("Selected: "):
+            chosen = [
+                normalize_text(part.split("=", 1)[-1]) for part in line[len("Selected: ") :].split(", ")
+            ]
+            return normalize_text(value) in chosen
+    return False
+
+
+class ShopOracleTeacher:
+    """Scripted Policy for shop tasks (agent.types.Policy); `tokenizer` is any HF tokenizer."""
+
+    def __init__(self, tokenizer: Any, grammar: TagGrammar = DEFAULT_GRAMMAR):
+        self.tokenizer = tokenizer
+        self.grammar = grammar
+        self._state_pattern = _state_re(grammar)
+        self._info_pattern = _info_re(grammar)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=False))
+
+    def generate(self, batch: list[PolicyInput], stop: list[str], max_new_tokens: int) -> list[PolicyOutput]:
+        outputs = []
+        for item in batch:
+            text = self.turn_text(self.decode(item.context_ids), goals_from_task(item.task))
+            ids = self.encode(text)
+            if len(ids) > max_new_tokens:  # cut as a model would be; the episode then fails format
+                ids = ids[:max_new_tokens]
+                text = self.decode(ids)
+            outputs.append(PolicyOutput(ids=ids, text=text))
+        return outputs
+
+    # -- one turn, from the context text ------------------------------------------------------------
+
+    def turn_text(self, context: str, goals: list[ShopGoal]) -> str:
+        """The teacher's next turn given the decoded context."""
+        memory, page = self._read(context)
+        if _BOUGHT_RE.search(page):
+            memory = _Memory(memory.item + 1, 0)
+        item = min(memory.item, len(goals) - 1)
+        goal = goals[item]
+        action, tries = self._decide(page, goal, memory.tries)
+        g = self.grammar
+        state = self._state_text(item, len(goals), goal, tries)
+        return f"{g.open(g.state)}{state}{g.close(g.state)}{g.open(g.action)}{action}{g.close(g.action)}"
+
+    def _read(self, context: str) -> tuple[_Memory, str]:
+        """(memory from the last teacher state, the page shown after it; '' on the first turn)."""
+        states = list(self._state_pattern.finditer(context))
+        if not states:
+            return _Memory(0, 0), ""
+        last = states[-1]
+        infos = list(self._info_pattern.finditer(context, last.end()))
+        page = infos[-1].group(1) if infos else ""
+        return _Memory(int(last.group(1)) - 1, int(last.group(2))), page
+
+    def _decide(self, page: str, goal: ShopGoal, tries: int) -> tuple[str, int]:
+        """(action, searches made so far) for the page in view."""
+        item_match = _ITEM_RE.search(page)
+        if item_match:
+            if item_match.group(1) != goal.asin and tries <= MAX_TRIES:
+                return f"click[{PREV_PAGE}]", tries
+            available = _available_options(page)
+            for value in goal.options:
+                if normalize_text(value) in available and not _is_selected(page, value):
+                    return f"click[{value}]", tries
+            return f"click[{BUY_NOW}]", tries
+        if page.lstrip().startswith("Results for") or "\nResults for" in page:
+            listed = _RESULT_RE.findall(page)
+            if goal.asin in listed:
+                return f"click[{goal.asin}]", tries
+            if tries > MAX_TRIES and listed:
+                return f"click[{listed[0]}]", tries
+            pages = _PAGE_RE.search(page)
+            if pages and int(pages.group(1)) < min(int(pages.group(2)), MAX_PAGES):
+                return f"click[{NEXT_PAGE}]", tries
+            return f"click[{BACK_TO_SEARCH}]", tries
+        # the search page (first turn, after a purchase, after going back)
+        tries += 1
+        query = " ".join([*goal.attributes, goal.query]) if tries == 1 else goal.name
+        return f"search[{query or goal.name}]", tries
+
+    @staticmethod
+    def _state_text(item: int, n: int, goal: ShopGoal, tries: int) -> str:
+        want = ", ".join([*goal.attributes, *goal.options])
+        return (
+            f"Buying item {item + 1} of {n}: {goal.query or 'item'} ({want}) under ${goal.price_upper:.2f}. "
+            f"Target [{goal.asin}]. Tries {tries}."
+        )
