@@ -14,7 +14,6 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from bm25s.stopwords import STOPWORDS_EN_PLUS
 from tqdm import tqdm
 
 from mem1_core.config import WorldConfig
@@ -79,11 +78,11 @@ _FILM_NOUNS = ("Harbor", "Garden", "Promise", "Winter", "Echo", "River", "Lanter
 _COMPANY_SUFFIXES = ("Labs", "Industries", "Systems", "Works", "Group", "Motors", "Foods", "Media",
                      "Energy", "Holdings")  # fmt: skip
 
-# Words a name must not be: stopwords (BM25 drops them) and words of the question templates.
-_RESERVED = frozenset(STOPWORDS_EN_PLUS) | {
+# Words a name must not be: stopwords (BM25 drops them; added in build_world) and template words.
+_TEMPLATE_WORDS = frozenset({
     "city", "film", "born", "work", "works", "company", "founded", "founder", "director", "directed",
     "produced", "released", "year", "population", "headquartered", "which", "where", "when",
-}  # fmt: skip
+})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -178,8 +177,9 @@ class World:
 class _Namer:
     """Unique capitalised syllable words; each is used by at most one entity."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, reserved: frozenset[str]) -> None:
         self.rng = rng
+        self.reserved = reserved
         self.used: set[str] = set()
 
     def word(self, min_syl: int = 2, max_syl: int = 3) -> str:
@@ -187,15 +187,17 @@ class _Namer:
         while True:
             n = rng.randint(min_syl, max_syl)
             w = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(n)) + rng.choice(_CODAS)
-            if len(w) >= 4 and w not in self.used and w not in _RESERVED:
+            if len(w) >= 4 and w not in self.used and w not in self.reserved:
                 self.used.add(w)
                 return w.capitalize()
 
 
 def build_world(cfg: WorldConfig) -> World:
     """Build the world for `cfg`; deterministic in cfg.seed, linear in the number of entities."""
+    from bm25s.stopwords import STOPWORDS_EN_PLUS  # heavy import (scipy), only when building
+
     rng = random.Random(cfg.seed)
-    namer = _Namer(rng)
+    namer = _Namer(rng, _TEMPLATE_WORDS | frozenset(STOPWORDS_EN_PLUS))
     first_names = [namer.word(2, 2) for _ in range(max(20, min(400, cfg.n_people // 10)))]
     total = cfg.n_people + cfg.n_films + cfg.n_cities + cfg.n_companies
     bar = tqdm(total=total, desc="world", unit="entity", disable=total < 50_000)
