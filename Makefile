@@ -9,6 +9,8 @@ CONFIG ?= configs/local-tiny.yaml
 REGISTRY ?= ghcr.io/mem1-pipelines
 TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 PLATFORMS ?= linux/amd64
+# retrieval builds FROM the base image just built; GIT_COMMIT labels every image (no .git inside)
+IMAGE_ARGS = --build-arg BASE_IMAGE=$(REGISTRY)/mem1-base:$(TAG) --build-arg GIT_COMMIT=$(TAG)
 
 .PHONY: help setup test lint format demo bench compile build-images push-images clean
 
@@ -48,16 +50,16 @@ bench: setup  ## benchmarks; results in bench/results/ and logged to MLflow
 	$(PY) -m bench.run_all
 
 compile: setup  ## compile the KFP pipeline to build/mem1_pipeline.yaml
-	$(VENV)/bin/mem1 pipeline compile --output build/mem1_pipeline.yaml
+	MEM1_IMAGE_REGISTRY=$(REGISTRY) MEM1_IMAGE_TAG=$(TAG) $(VENV)/bin/mem1 pipeline compile --config $(CONFIG) --output build/mem1_pipeline.yaml
 
 build-images:  ## docker buildx the CPU base, CUDA trainer and retrieval images
 	for img in base trainer retrieval; do \
-	  docker buildx build --platform $(PLATFORMS) -f images/$$img.Dockerfile -t $(REGISTRY)/mem1-$$img:$(TAG) . || exit 1; \
+	  docker buildx build --load --platform $(PLATFORMS) -f images/$$img.Dockerfile $(IMAGE_ARGS) -t $(REGISTRY)/mem1-$$img:$(TAG) . || exit 1; \
 	done
 
 push-images:  ## build and push the images to $(REGISTRY)
 	for img in base trainer retrieval; do \
-	  docker buildx build --push --platform $(PLATFORMS) -f images/$$img.Dockerfile -t $(REGISTRY)/mem1-$$img:$(TAG) . || exit 1; \
+	  docker buildx build --push --platform $(PLATFORMS) -f images/$$img.Dockerfile $(IMAGE_ARGS) -t $(REGISTRY)/mem1-$$img:$(TAG) . || exit 1; \
 	done
 
 clean:  ## remove run outputs (keeps .venv)
