@@ -13,6 +13,7 @@ from mem1_core.data.shop_catalog import (
     ShopDataError,
     ShopGoal,
     build_catalog,
+    compose_shop_tasks,
     goals_from_task,
     load_catalog,
     load_goals,
@@ -20,6 +21,7 @@ from mem1_core.data.shop_catalog import (
     make_goals,
     make_shop_tasks,
     split_asins,
+    split_goals,
 )
 from mem1_core.data.types import Task
 
@@ -227,3 +229,18 @@ def test_real_webshop_files_load(shared_data: Path) -> None:
     # the instructions file covers 1,000 ASINs; only those in the catalogue with an instruction are kept
     from_items = load_goals(webshop / "items_ins_v2_1000.json", cat)
     assert 0 < len(from_items) <= 100 and {g.asin for g in from_items} <= set(cat.by_asin)
+
+
+def test_compose_shop_tasks_keeps_eval_targets_out_of_training() -> None:
+    cat = build_catalog(seed=1, n_products=120)
+    train_goals, eval_goals = split_goals(make_goals(cat, 120, seed=1), eval_fraction=0.25, seed=1)
+    assert not {g.asin for g in train_goals} & {g.asin for g in eval_goals}
+    train, evals = compose_shop_tasks(train_goals, eval_goals, [2], [1, 4, 16], 10, 3, seed=0)
+    assert [t.n_objectives for t in train] == [2] * 10 and train[0].id == "train-000000-n2"
+    assert [t.n_objectives for t in evals] == [1] * 3 + [4] * 3 + [16] * 3 and evals[-1].id == "eval-n16-0002"
+    eval_asins = {g.asin for g in eval_goals}
+    assert all(o.answers[0] not in eval_asins for t in train for o in t.objectives)
+    assert all(o.answers[0] in eval_asins for t in evals for o in t.objectives)
+    assert (train, evals) == compose_shop_tasks(train_goals, eval_goals, [2], [1, 4, 16], 10, 3, seed=0)
+    with pytest.raises(ValueError, match="eval: 32 instructions per task but only"):
+        compose_shop_tasks(train_goals, eval_goals[:5], [2], [32], 1, 1)

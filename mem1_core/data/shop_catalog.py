@@ -406,6 +406,47 @@ def make_shop_tasks(
     return tasks
 
 
+def split_goals(
+    goals: Sequence[ShopGoal], eval_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[ShopGoal], list[ShopGoal]]:
+    """Disjoint (train, eval) goals by target product: no eval target is ever bought in training."""
+    asins = sorted({g.asin for g in goals})
+    random.Random(seed).shuffle(asins)
+    n_eval = max(1, round(len(asins) * eval_fraction))
+    held_out = set(asins[:n_eval])
+    return [g for g in goals if g.asin not in held_out], [g for g in goals if g.asin in held_out]
+
+
+def compose_shop_tasks(
+    train_goals: Sequence[ShopGoal],
+    eval_goals: Sequence[ShopGoal],
+    train_objectives: Sequence[int],
+    eval_objectives: Sequence[int],
+    n_train_tasks: int,
+    n_eval_tasks: int,
+    seed: int = 0,
+) -> tuple[list[Task], list[Task]]:
+    """(train, eval) shop tasks named like compose's QA tasks: train tasks cycle through
+    `train_objectives`; eval has `n_eval_tasks` per entry of `eval_objectives`."""
+    for name, pool, counts in (
+        ("train", train_goals, train_objectives),
+        ("eval", eval_goals, eval_objectives),
+    ):
+        if counts and max(counts) > len(pool):
+            raise ValueError(f"{name}: {max(counts)} instructions per task but only {len(pool)} goals")
+    rng = random.Random(seed + 1)
+    train = [
+        shop_task(f"train-{i:06d}-n{n}", rng.sample(list(train_goals), n))
+        for i, n in ((i, train_objectives[i % len(train_objectives)]) for i in range(n_train_tasks))
+    ]
+    evals = [
+        shop_task(f"eval-n{n:02d}-{i:04d}", rng.sample(list(eval_goals), n))
+        for n in eval_objectives
+        for i in range(n_eval_tasks)
+    ]
+    return train, evals
+
+
 def goals_from_task(task: Task) -> list[ShopGoal]:
     """The goals stored in a shop task, validated (errors name the task and goal index)."""
     if task.domain != SHOP_DOMAIN:
