@@ -14,8 +14,9 @@ COPY pyproject.toml README.md ./
 COPY mem1_core ./mem1_core
 COPY components ./components
 COPY pipelines ./pipelines
-# deepspeed's sdist must see the torch above (no build isolation); no CUDA ops on this image
-RUN DS_BUILD_OPS=0 pip install --no-cache-dir --no-build-isolation . \
+# deepspeed's sdist must see the torch above (no build isolation); no CUDA ops on this image.
+# The tracking-server extra lets this image also run the MLflow server of manifests/base.
+RUN DS_BUILD_OPS=0 pip install --no-cache-dir --no-build-isolation "./[tracking-server]" \
  && python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('${TORCH_VERSION}') else 'torch swapped')"
 
 FROM python:3.11.13-slim-bookworm

@@ -79,7 +79,9 @@ def test_bases_pinned_and_torch_installed_before_the_project(name: str) -> None:
             )
     runs = [args for word, args in ins if word == "RUN"]
     torch_at = next(i for i, r in enumerate(runs) if "torch==" in r)
-    project_at = next(i for i, r in enumerate(runs) if re.search(r"pip install .*--no-build-isolation \.", r))
+    project_at = next(
+        i for i, r in enumerate(runs) if re.search(r"pip install .*--no-build-isolation \"?\./?", r)
+    )
     assert torch_at < project_at
     assert "whl/cpu" in runs[torch_at] if name == "base" else "TORCH_INDEX" in runs[torch_at]
     assert "--no-cache-dir" in runs[project_at]
