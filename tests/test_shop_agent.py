@@ -22,13 +22,13 @@ from mem1_core.data.shop_catalog import (
 from mem1_core.envs.shop import ShopEnvironment, make_shop_env_factory, shop_prompt
 from mem1_core.models import train_tokenizer
 
-AGENT = AgentConfig(max_new_tokens=160, temperature=0.0)
+AGENT = AgentConfig(temperature=0.0)  # the default 96 new tokens: oracle turns must fit what SFT uses
 
 
 def shop_tokenizer(catalog: Catalog, instructions: list[str]) -> object:
     """A small BPE trained on what the shop shows: product texts, instructions and a prompt."""
     texts = [d.contents for d in catalog.documents()] + instructions + [shop_prompt(instructions[:3], 10)]
-    return train_tokenizer(texts, vocab_size=1024)
+    return train_tokenizer(texts, vocab_size=2048)  # TinyModelConfig default
 
 
 @pytest.fixture(scope="module")

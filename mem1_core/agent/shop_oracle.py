@@ -19,6 +19,7 @@ from mem1_core.data.shop_catalog import ShopGoal, goals_from_task, normalize_tex
 from mem1_core.envs.shop import BACK_TO_SEARCH, BUY_NOW, NEXT_PAGE, PREV_PAGE
 
 MAX_PAGES = 3  # pages of results looked through before searching again
+STATE_ATTRIBUTES = 3  # goal attributes repeated in the internal state
 MAX_TRIES = 2  # 1: attribute keywords, 2: the target's title; beyond: buy the best result seen
 
 _RESULT_RE = re.compile(r"^\[([^\]\s]+)\] ", re.M)
@@ -145,7 +146,8 @@ class ShopOracleTeacher:
 
     @staticmethod
     def _state_text(item: int, n: int, goal: ShopGoal, tries: int) -> str:
-        want = ", ".join([*goal.attributes, *goal.options])
+        # a summary, not a copy of the instruction (the prompt keeps that): it fits 96 new tokens
+        want = ", ".join([*goal.attributes[:STATE_ATTRIBUTES], *goal.options])
         return (
             f"Buying item {item + 1} of {n}: {goal.query or 'item'} ({want}) under ${goal.price_upper:.2f}. "
             f"Target [{goal.asin}]. Tries {tries}."
