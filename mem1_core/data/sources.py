@@ -38,7 +38,7 @@ def _iter_rows(path_or_id: str, split: str, limit: int | None) -> Iterator[tuple
     """(where, row) pairs; `where` is 'file:LINE' for jsonl, 'file row N' otherwise (1-based)."""
     path = Path(path_or_id)
     looks_local = path.suffix.lower() in LOCAL_SUFFIXES or path.exists()
-    if not looks_local:
+    if not looks_local or path.is_dir():  # a hub id, or a local data set directory for load_dataset
         yield from _iter_hub(path_or_id, split, limit)
         return
     if not path.is_file():
@@ -80,7 +80,7 @@ def _iter_rows(path_or_id: str, split: str, limit: int | None) -> Iterator[tuple
 
 
 def _iter_hub(hub_id: str, split: str, limit: int | None) -> Iterator[tuple[str, Any]]:
-    """A hub data set; 'owner/name:config' selects a config (e.g. 'hotpotqa/hotpot_qa:distractor')."""
+    """A hub id or local data set dir; 'name:config' picks a config ('hotpotqa/hotpot_qa:distractor')."""
     import datasets
 
     name, _, config = hub_id.partition(":")
