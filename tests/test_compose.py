@@ -149,3 +149,20 @@ def test_compose_real_hotpotqa_with_its_corpus(tmp_path: Path, shared_data: Path
     share = sum(bool(o.supporting_doc_ids) and o.supporting_doc_ids[0].startswith("hp") for o in linked)
     print(f"supporting titles linked to corpus ids: {share}/{len(linked)}")
     assert share / len(linked) > 0.95
+
+
+def test_cli_compose_prints_summary_and_maps_data_errors(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from mem1_core.cli import main
+
+    out = tmp_path / "cli"
+    overrides = ["--set", "compose.n_train_tasks=8", "--set", "compose.eval_objectives=[1,2]"]
+    assert main(["compose", "--config", "configs/local-tiny.yaml", "--out", str(out), *overrides]) == 0
+    text = capsys.readouterr().out
+    assert "train       8 tasks" in text and "objectives:tasks 1:16, 2:16" in text
+    assert load_manifest(out)["dataset_hash"] in text
+    bad = '[{"kind": "nq", "path": "' + str(tmp_path / "missing.jsonl") + '"}]'
+    assert main(["compose", "--out", str(out), "--set", f"compose.sources={bad}"]) == 2
+    assert "missing.jsonl: file not found" in capsys.readouterr().err
+    assert main(["compose", "--out", str(out), "--set", "compose.seed"]) == 2
+    assert main(["compose", "--out", str(out), "--set", "compose.eval_objectives=[64]"]) == 2
+    assert "eval_objectives" in capsys.readouterr().err

@@ -162,3 +162,41 @@ def test_client_retries_5xx_and_gives_up_on_a_dead_server(world_backend) -> None
     dead = RetrievalClient(srv.url, retries=2, backoff=0.01)
     with pytest.raises(RetrievalError, match=r"no answer after 3 attempts.*ConnectionError"):
         dead.search(query, 2)
+
+
+def test_cli_serve_retrieval_subprocess(tmp_path, world_backend) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    world, backend = world_backend
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(d.to_dict()) + "\n" for d in world.documents))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mem1_core.cli",
+        "serve-retrieval",
+        "--corpus",
+        str(corpus),
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = RetrievalClient(f"http://127.0.0.1:{port}", retries=12, backoff=0.25, max_backoff=2.0)
+        assert client.health()["documents"] == len(world.documents)
+        queries = [q.question for q in world.questions(limit=10, seed=4)]
+        assert client.search(queries, 3) == backend.search(queries, 3)
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=20)[0]
+    assert f"indexing {len(world.documents)} documents" in output
+    bad = subprocess.run(
+        [*cmd[:-4], "--corpus", str(tmp_path / "nope.jsonl")], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "nope.jsonl: corpus not found" in bad.stderr
