@@ -42,6 +42,12 @@ def _module(name: str):  # type: ignore[no-untyped-def]
     return importlib.import_module(f"mem1_core.commands.{name.replace('-', '_')}")
 
 
+def _is_data_error(e: BaseException) -> bool:
+    """Bad input data (sources.DataError) exits 2 like a bad config; checked lazily to keep --help fast."""
+    sources = sys.modules.get("mem1_core.data.sources")
+    return sources is not None and isinstance(e, sources.DataError)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in argv if a in COMMANDS), None)
@@ -55,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if _is_data_error(e):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
