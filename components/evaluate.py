@@ -22,9 +22,9 @@ def evaluate(
     cfg = parse_section(EvalConfig, eval_json, "eval")
     out = Path(results.path)
     ev.run(cfg, Path(dataset.path), Path(model.path), out)
-    flat = runtime.flatten("", json.loads((out / "metrics.json").read_text(encoding="utf-8")))
+    flat = runtime.eval_metrics(json.loads((out / "metrics.json").read_text(encoding="utf-8")))
     for key, value in flat.items():
-        metrics.log_metric(runtime.mlflow_metric_key(key), value)
+        metrics.log_metric(key, value)
     md = (out / "table.md").read_text(encoding="utf-8")
     Path(table.path).write_text(md, encoding="utf-8")
     pngs = sorted(out.rglob("*.png"))

@@ -1,4 +1,4 @@
-"""register_model: register the PPO model in MLflow behind the promotion gate; never cached."""
+"""register_model: register the PPO model in MLflow behind the promotion gate; never cached, never retried."""
 
 from kfp import dsl
 
@@ -7,6 +7,7 @@ def register_model(
     registry_json: str,
     tracking_uri: str,
     parent_run_id: str,
+    dataset: dsl.Input[dsl.Dataset],
     model: dsl.Input[dsl.Model],
     eval_results: dsl.Input[dsl.Artifact],
     report: dsl.Output[dsl.Markdown],
@@ -19,8 +20,7 @@ def register_model(
     from mem1_core.config import RegisterConfig, parse_section
 
     cfg = parse_section(RegisterConfig, registry_json, "registry")
-    metrics = json.loads((Path(eval_results.path) / "metrics.json").read_text(encoding="utf-8"))
     with runtime.nested_run(tracking_uri, parent_run_id, "register_model", json.loads(registry_json)) as run:
-        result = registry.run(cfg, Path(model.path), metrics, run)
-    Path(report.path).write_text(str(result), encoding="utf-8")
-    return str(result)
+        result = registry.run(cfg, Path(model.path), Path(eval_results.path), Path(dataset.path), run)
+    Path(report.path).write_text(runtime.registration_markdown(result.to_dict()), encoding="utf-8")
+    return json.dumps(result.to_dict(), sort_keys=True, default=str)

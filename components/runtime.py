@@ -110,6 +110,36 @@ def flatten(prefix: str, value: Any, out: dict[str, float] | None = None) -> dic
     return out
 
 
+def eval_metrics(data: dict[str, Any]) -> dict[str, float]:
+    """metrics.json of the eval step as flat keys: grid rows become '<metric>.n<objectives>.<mode>'."""
+    out: dict[str, float] = {}
+    for row in data.get("grid") or []:
+        if isinstance(row, dict) and "objectives" in row and "mode" in row:
+            tag = f"n{row['objectives']}.{row['mode']}"
+            for k, v in row.items():
+                if k not in ("objectives", "mode") and isinstance(v, int | float) and not isinstance(v, bool):
+                    out[mlflow_metric_key(f"{k}.{tag}")] = float(v)
+    rest = {k: v for k, v in data.items() if k not in ("grid", "config")}
+    out.update({mlflow_metric_key(k): v for k, v in flatten("", rest).items()})
+    return out
+
+
+def registration_markdown(result: dict[str, Any]) -> str:
+    """The register step's report for the KFP UI."""
+    lines = ["| field | value |", "|---|---|"]
+    for key in (
+        "model_name",
+        "version",
+        "model_uri",
+        "promoted",
+        "gate_reason",
+        "candidate_em",
+        "champion_em",
+    ):
+        lines.append(f"| {key} | {result.get(key)} |")
+    return "\n".join(lines) + "\n"
+
+
 def mlflow_metric_key(key: str) -> str:
     """MLflow keys allow [A-Za-z0-9_-./ ] only; replace anything else (e.g. ':' in 'truncate:1')."""
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)

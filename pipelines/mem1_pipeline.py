@@ -247,6 +247,7 @@ def build_pipeline(
                 registry_json=prep.outputs["registry"],
                 tracking_uri=uri,
                 parent_run_id=parent,
+                dataset=compose.outputs["dataset"],
                 model=ppo.outputs["model"],
                 eval_results=ev.outputs["results"],
             ).set_display_name("register model")
