@@ -37,6 +37,9 @@ class HFPolicy:
 
     temperature 0 is greedy; the returned log-probs are then those of the untempered model. For
     temperature T > 0 they are log softmax(logits / T), the distribution actually sampled from.
+    Nothing is masked out of that distribution, so an untrained model can emit eos or even the pad
+    id; either ends its row and stays in the returned ids (they are what was sampled). Consumers
+    must build attention masks from lengths, never from `ids != pad_id`.
     """
 
     def __init__(
@@ -160,7 +163,7 @@ class HFPolicy:
                 t = int(token[b])
                 gen[row].append(t)
                 logps[row].append(float(token_logp[b]))
-                finished = t in stop_ids or t in self.eos_ids
+                finished = t in stop_ids or t in self.eos_ids or t == self.pad_id
                 if not finished and stop_texts:
                     text = self.decode(gen[row][-tail:])
                     finished = any(s in text for s in stop_texts)
