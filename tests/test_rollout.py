@@ -190,3 +190,24 @@ def test_tiny_model_round_trip_then_64_batched_episodes(data, tmp_path: Path) ->
     again = [Trajectory.from_dict(json.loads(t.to_json())) for t in trajs]
     assert [a.turns[0].context_ids for a in again] == [t.turns[0].context_ids for t in trajs]
     assert statistics.mean(t.seconds for t in trajs) > 0
+
+
+def test_cli_rollout_with_the_oracle_and_with_a_saved_model(data, tmp_path: Path, capsys) -> None:
+    from mem1_core.cli import main
+
+    out = tmp_path / "oracle.jsonl"
+    assert main(["rollout", "--model", "oracle", "--mode", "truncate:2", "--objectives", "2",
+                 "--n-tasks", "3", "--out", str(out)]) == 0  # fmt: skip
+    trajs = [Trajectory.from_dict(json.loads(line)) for line in out.read_text().splitlines()]
+    assert len(trajs) == 3 and all(t.metrics["em"] == 1.0 and t.mode == "truncate:2" for t in trajs)
+    table = capsys.readouterr().out
+    assert "truncate:2" in table and "peak tok" in table
+
+    tok = data["tokenizer"]
+    tiny = TinyModelConfig(hidden_size=32, num_attention_heads=2, num_key_value_heads=1)
+    model_dir = save_model(build_tiny_model(tiny, tok), tok, tmp_path / "m")
+    out = tmp_path / "model.jsonl"
+    assert main(["rollout", "--model", str(model_dir), "--objectives", "1", "--n-tasks", "2",
+                 "--max-new-tokens", "8", "--out", str(out)]) == 0  # fmt: skip
+    assert len(out.read_text().splitlines()) == 2
+    assert main(["rollout", "--model", "oracle", "--mode", "sideways"]) == 2
