@@ -1,0 +1,352 @@
+"""PPO over MEM1 rollouts, scored through one stitched, masked forward pass per batch.
+
+Each step: sample `prompts_per_step` training tasks, roll them out in mem1 mode with the actor
+(HFPolicy, temperature cfg.agent.temperature), stitch every episode (rl/trajectory.py), and run one
+masked forward pass per mini-batch for the old log-probs, the reference log-probs and the values.
+Per-token reward = -kl_coef * (log pi_old - log pi_ref) on every generated token, plus the task reward
+(mean EM over objectives) on the episode's last generated token. GAE(gamma, lam) runs over the
+episode's generated tokens in order, across turns; advantages are whitened over the step. Then
+`ppo_epochs` passes of clipped policy loss with an entropy bonus, and a clipped value loss, with
+gradient-norm clipping on both optimizers.
+
+Models: actor = the SFT model; critic = value head on a copy of the SFT backbone (rl/value.py);
+frozen reference = another copy. The single-process path (CPU or one GPU) needs no DeepSpeed;
+configs/deepspeed_zero{2,3}.json are for multi-GPU launches (see their README note in the report).
+
+Checkpoints every `checkpoint_every` steps and at the end (rl/checkpoint.py, atomic); a run whose
+out_dir holds one resumes from the latest, with the same task sampling and sampling seeds as an
+uninterrupted run, and a metrics history with no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mem1_core.config import ModelConfig, PPOConfig
+from mem1_core.rl import checkpoint
+from mem1_core.rl.attention import AttentionBackend, resolve_backend
+from mem1_core.rl.trajectory import Batch, StitchedSequence, collate, stitch
+from mem1_core.rl.value import Critic, actor_logprobs
+
+LogFn = Callable[[dict[str, float], int], None]
+PACK_TOKENS = 4096  # row width when packing (flex backend); dense pads one episode per row
+
+
+@dataclass
+class Scored:
+    """One episode's stitched sequence with its per-token PPO quantities (aligned to its tokens)."""
+
+    seq: StitchedSequence
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    loss_mask: torch.Tensor
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE over the masked (generated) tokens of one episode, in order; zeros elsewhere."""
+    idx = torch.nonzero(mask > 0).squeeze(-1).tolist()
+    adv = torch.zeros_like(values)
+    last = 0.0
+    next_v = 0.0
+    for i in reversed(idx):
+        delta = float(rewards[i]) + gamma * next_v - float(values[i])
+        last = delta + gamma * lam * last
+        adv[i] = last
+        next_v = float(values[i])
+    returns = (adv + values) * mask
+    return adv, returns
+
+
+def _em(traj: Any) -> float:
+    """Mean exact match over objectives, from the trajectory's predictions and gold answers."""
+    from mem1_core.envs.qa import score_answers
+
+    if not traj.gold:
+        return 0.0
+    return float(score_answers(list(traj.predictions), [tuple(g) for g in traj.gold])["em"])
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+class PPOTrainer:
+    """Holds actor, critic, reference, optimizers and the step loop; `run` is the public entry."""
+
+    def __init__(self, cfg: PPOConfig, data_dir: Path, model_dir: Path, out_dir: Path) -> None:
+        from mem1_core import models
+        from mem1_core.data.compose import load_corpus, load_tasks
+        from mem1_core.rl.sft import make_env_factory
+
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.model_dir = Path(model_dir)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.backend: AttentionBackend = resolve_backend(cfg.attention, self.device)
+        self.grammar = models.load_grammar(model_dir)
+        actor, self.tokenizer = models.load_model(model_dir, ModelConfig())
+        self.actor = actor.to(self.device)
+        self.ref = copy.deepcopy(self.actor).eval().requires_grad_(False)
+        self.critic = Critic(copy.deepcopy(self.actor)).to(self.device)
+        head = self.model_dir / "value_head.safetensors"
+        if head.is_file():
+            self.critic.load_head(head)
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        self.opt_actor = torch.optim.AdamW(self.actor.parameters(), lr=cfg.actor_lr)
+        self.opt_critic = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr)
+        # Constant learning rates (the paper's); schedulers are kept so a schedule can be swapped in
+        # and so resume restores their state like everything else.
+        self.sched_actor = torch.optim.lr_scheduler.LambdaLR(self.opt_actor, lambda _: 1.0)
+        self.sched_critic = torch.optim.lr_scheduler.LambdaLR(self.opt_critic, lambda _: 1.0)
+        self.tasks = load_tasks(Path(data_dir), "train")
+        if cfg.prompts_per_step > len(self.tasks):
+            raise ValueError(
+                f"ppo.prompts_per_step {cfg.prompts_per_step} is more than the {len(self.tasks)} train tasks"
+            )
+        self.env_factory = make_env_factory(load_corpus(Path(data_dir)), cfg.agent, self.grammar)
+        self.task_rng = random.Random(cfg.seed)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def _save_models(self, where: Path) -> None:
+        from mem1_core import models
+
+        models.save_model(self.actor, self.tokenizer, where / "actor", self.grammar)
+        self.critic.save(where / "critic")
+
+    def save_checkpoint(self) -> Path:
+        state = {
+            "step": self.step,
+            "opt_actor": self.opt_actor.state_dict(),
+            "opt_critic": self.opt_critic.state_dict(),
+            "sched_actor": self.sched_actor.state_dict(),
+            "sched_critic": self.sched_critic.state_dict(),
+            "rng": checkpoint.rng_state(self.task_rng),
+        }
+        return checkpoint.save(self.out_dir, self.step, self._save_models, state, self.history)
+
+    def maybe_resume(self) -> bool:
+        from transformers import AutoModelForCausalLM
+
+        from mem1_core import models
+
+        ckpt = checkpoint.latest(self.out_dir)
+        if ckpt is None:
+            return False
+        actor, _ = models.load_model(ckpt / "actor", ModelConfig())
+        self.actor.load_state_dict(actor.state_dict())
+        critic_lm = AutoModelForCausalLM.from_pretrained(ckpt / "critic", use_safetensors=True)
+        self.critic.lm.load_state_dict(critic_lm.state_dict())
+        self.critic.load_head(ckpt / "critic" / "value_head.safetensors")
+        state, history = checkpoint.load_state(ckpt)
+        self.opt_actor.load_state_dict(state["opt_actor"])
+        self.opt_critic.load_state_dict(state["opt_critic"])
+        self.sched_actor.load_state_dict(state["sched_actor"])
+        self.sched_critic.load_state_dict(state["sched_critic"])
+        checkpoint.restore_rng(state["rng"], self.task_rng)
+        self.step = int(state["step"])
+        self.history = [h for h in history if h["step"] <= self.step]
+        print(f"ppo: resumed from {ckpt} at step {self.step}")
+        return True
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    def _collate(self, seqs: list[StitchedSequence]) -> Batch:
+        pack = self.backend == "flex"
+        longest = max(len(s) for s in seqs)
+        return collate(seqs, self.pad_id, pack=pack, max_len=max(longest, PACK_TOKENS if pack else 0))
+
+    def rollout(self) -> tuple[list[Any], float]:
+        from mem1_core.agent.policy import HFPolicy
+        from mem1_core.agent.rollout import run_episodes
+
+        tasks = self.task_rng.sample(self.tasks, self.cfg.prompts_per_step)
+        agent = self.cfg.agent
+        policy = HFPolicy(
+            self.actor,
+            self.tokenizer,
+            temperature=agent.temperature,
+            batch_size=agent.batch_size,
+            seed=self.cfg.seed * 1_000_003 + self.step,
+        )
+        t0 = time.perf_counter()
+        self.actor.eval()
+        with torch.no_grad():
+            trajs = run_episodes(tasks, self.env_factory, policy, agent, mode="mem1", progress=False)
+        return trajs, time.perf_counter() - t0
+
+    @torch.no_grad()
+    def score(self, seqs: list[StitchedSequence]) -> list[Scored]:
+        """Old/ref log-probs and values from one masked pass per mini-batch, then rewards and GAE."""
+        cfg = self.cfg
+        self.actor.eval()
+        self.critic.eval()
+        out: list[Scored] = []
+        for start in range(0, len(seqs), cfg.minibatch_size):
+            chunk = seqs[start : start + cfg.minibatch_size]
+            batch = self._collate(chunk).to(self.device)
+            old, _ = actor_logprobs(self.actor, batch, self.backend)
+            ref, _ = actor_logprobs(self.ref, batch, self.backend)
+            values = self.critic(batch, self.backend) * batch.loss_mask
+            for s, o, r, v, m in zip(
+                chunk,
+                batch.gather(old.cpu()),
+                batch.gather(ref.cpu()),
+                batch.gather(values.cpu()),
+                batch.gather(batch.loss_mask.cpu()),
+                strict=True,
+            ):
+                rewards = -cfg.kl_coef * (o - r) * m
+                last = s.last_loss_index
+                if last >= 0:
+                    rewards[last] += s.reward
+                adv, ret = gae(rewards, v, m, cfg.gamma, cfg.lam)
+                out.append(Scored(s, o, r, v, adv, ret, m))
+        if cfg.whiten_advantages:
+            all_adv = torch.cat([x.advantages[x.loss_mask > 0] for x in out])
+            if all_adv.numel() > 1:
+                mean, std = all_adv.mean(), all_adv.std()
+                for x in out:
+                    x.advantages = (x.advantages - mean) / (std + 1e-8) * x.loss_mask
+        return out
+
+    def update(self, scored: list[Scored]) -> dict[str, float]:
+        cfg = self.cfg
+        self.actor.train()
+        self.critic.train()
+        sums: dict[str, float] = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0}
+        sums.update(clipfrac=0.0, approx_kl=0.0, value_clipfrac=0.0)
+        n_mb = 0
+        tokens = 0
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)
+        t0 = time.perf_counter()
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(len(scored), generator=gen).tolist()
+            for start in range(0, len(order), cfg.minibatch_size):
+                mb = [scored[i] for i in order[start : start + cfg.minibatch_size]]
+                batch = self._collate([x.seq for x in mb]).to(self.device)
+                mask = batch.loss_mask
+                old = batch.scatter([x.old_logprobs for x in mb]).to(self.device)
+                adv = batch.scatter([x.advantages for x in mb]).to(self.device)
+                ret = batch.scatter([x.returns for x in mb]).to(self.device)
+                old_v = batch.scatter([x.values for x in mb]).to(self.device)
+
+                new, entropy = actor_logprobs(self.actor, batch, self.backend, with_entropy=True)
+                assert entropy is not None
+                log_ratio = (new - old) * mask
+                ratio = log_ratio.exp()
+                pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range))
+                pg_loss = _masked_mean(pg, mask)
+                ent = _masked_mean(entropy, mask)
+                loss = pg_loss - cfg.entropy_coef * ent
+                self.opt_actor.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)
+                self.opt_actor.step()
+                self.sched_actor.step()
+
+                v = self.critic(batch, self.backend)
+                v_clip = old_v + (v - old_v).clamp(-cfg.value_clip_range, cfg.value_clip_range)
+                vf = 0.5 * torch.max((v - ret) ** 2, (v_clip - ret) ** 2)
+                vf_loss = _masked_mean(vf, mask)
+                self.opt_critic.zero_grad(set_to_none=True)
+                vf_loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
+                self.opt_critic.step()
+                self.sched_critic.step()
+
+                with torch.no_grad():
+                    sums["policy_loss"] += float(pg_loss)
+                    sums["value_loss"] += float(vf_loss)
+                    sums["entropy"] += float(ent)
+                    clipped = ((ratio - 1).abs() > cfg.clip_range).float()
+                    sums["clipfrac"] += float(_masked_mean(clipped, mask))
+                    sums["approx_kl"] += float(_masked_mean((ratio - 1) - log_ratio, mask))
+                    vclipped = ((v - old_v).abs() > cfg.value_clip_range).float()
+                    sums["value_clipfrac"] += float(_masked_mean(vclipped, mask))
+                n_mb += 1
+                tokens += batch.n_tokens
+        seconds = time.perf_counter() - t0
+        metrics = {k: v / max(n_mb, 1) for k, v in sums.items()}
+        metrics["update_tokens_per_s"] = tokens / seconds if seconds > 0 else 0.0
+        return metrics
+
+    def train_step(self) -> dict[str, float]:
+        trajs, rollout_s = self.rollout()
+        seqs = [stitch(t) for t in trajs if t.turns]
+        t0 = time.perf_counter()
+        scored = self.score(seqs)
+        score_s = time.perf_counter() - t0
+        metrics = self.update(scored)
+        n = len(trajs)
+        kl = [float(((x.old_logprobs - x.ref_logprobs) * x.loss_mask).sum()) for x in scored]
+        gen_tokens = sum(int(x.loss_mask.sum()) for x in scored)
+        metrics.update(
+            reward=sum(t.reward for t in trajs) / n,
+            em=sum(_em(t) for t in trajs) / n,
+            kl=sum(kl) / max(len(kl), 1),
+            format_error_rate=sum(t.format_error is not None for t in trajs) / n,
+            turns=sum(len(t.turns) for t in trajs) / n,
+            generated_tokens=gen_tokens / n,
+            stitched_tokens=sum(len(s) for s in seqs) / max(len(seqs), 1),
+            rollout_s=rollout_s,
+            rollout_tokens_per_s=gen_tokens / rollout_s if rollout_s > 0 else 0.0,
+            score_s=score_s,
+        )
+        return metrics
+
+    def train(self, log: LogFn | None = None) -> Path:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.maybe_resume()
+        bar = tqdm(total=cfg.steps, initial=min(self.step, cfg.steps), desc="ppo", unit="step")
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            metrics = self.train_step()
+            self.step += 1
+            metrics["step_s"] = time.perf_counter() - t0
+            record = {"step": float(self.step), **{f"ppo/{k}": float(v) for k, v in metrics.items()}}
+            self.history.append(record)
+            if log:
+                log({k: v for k, v in record.items() if k != "step"}, self.step)
+            bar.update()
+            bar.write(
+                f"ppo step {self.step}: reward {metrics['reward']:.3f} kl {metrics['kl']:.4f} "
+                f"entropy {metrics['entropy']:.3f} pg {metrics['policy_loss']:.4f} "
+                f"vf {metrics['value_loss']:.4f} clipfrac {metrics['clipfrac']:.3f}"
+            )
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+        bar.close()
+        from mem1_core import models
+
+        model_dir = models.save_model(
+            self.actor.eval(), self.tokenizer, self.out_dir / "model", self.grammar, {"ppo_steps": self.step}
+        )
+        self.critic.save(self.out_dir / "critic")
+        (self.out_dir / "metrics_history.json").write_text(json.dumps(self.history, indent=1) + "\n")
+        return model_dir
+
+
+def run(cfg: PPOConfig, data_dir: Path, model_dir: Path, out_dir: Path, log: LogFn | None = None) -> Path:
+    """Train with PPO from `model_dir` (the SFT model); returns out_dir/model (the actor)."""
+    torch.manual_seed(cfg.seed)
+    trainer = PPOTrainer(cfg, Path(data_dir), Path(model_dir), Path(out_dir))
+    return trainer.train(log)

@@ -1,0 +1,262 @@
+"""SFT warm-up: teach the tag format on teacher trajectories, one example per MEM1 turn.
+
+Each turn of a teacher trajectory becomes (context ids, output ids) with loss on the output ids
+only: the same per-turn contexts a MEM1 rollout shows the model (prompt + last IS/action + last
+observation), built by the rollout loop from ids, so nothing is re-tokenised between collection and
+training. The examples go to TRL's SFTTrainer pre-tokenised (`input_ids` + `completion_mask`,
+`completion_only_loss=True`).
+
+Teachers: the scripted OracleTeacher run through agent.rollout on the QA environment (BM25 over the
+composed corpus), or a jsonl of trajectories from any teacher (`cfg.teacher_trajectories`; their ids
+must come from the base model's tokenizer). For base_model "tiny" the tokenizer is trained on the
+corpus, the prompts and the teacher's outputs, and the model is built from the config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mem1_core.agent.tags import DEFAULT_GRAMMAR, TagGrammar
+from mem1_core.agent.types import Trajectory
+from mem1_core.config import AgentConfig, SFTConfig
+from mem1_core.data.types import Document, Task
+
+LogFn = Callable[[dict[str, float], int], None]
+
+
+def make_env_factory(
+    corpus: list[Document], agent_cfg: AgentConfig, grammar: TagGrammar = DEFAULT_GRAMMAR
+) -> Callable[[Task], Any]:
+    """QA environments over one shared BM25 index of the corpus."""
+    from mem1_core.envs.qa import QAEnvironment
+    from mem1_core.envs.retrieval import BM25Backend
+
+    backend = BM25Backend(corpus)
+
+    def factory(task: Task) -> QAEnvironment:
+        return QAEnvironment(
+            task,
+            backend,
+            grammar=grammar,
+            max_turns=agent_cfg.turns_for(task.n_objectives),
+            topk=agent_cfg.topk,
+        )
+
+    return factory
+
+
+def oracle_trajectories(
+    tasks: list[Task],
+    env_factory: Callable[[Task], Any],
+    tokenizer: Any,
+    agent_cfg: AgentConfig,
+    grammar: TagGrammar = DEFAULT_GRAMMAR,
+) -> list[Trajectory]:
+    from mem1_core.agent.policy import OracleTeacher
+    from mem1_core.agent.rollout import run_episodes
+
+    teacher = OracleTeacher(tokenizer, grammar)
+    return run_episodes(tasks, env_factory, teacher, agent_cfg, mode=agent_cfg.mode)
+
+
+def read_trajectories(path: Path) -> list[Trajectory]:
+    """Trajectories from a jsonl file (one Trajectory.to_json() per line); errors name the line."""
+    out = []
+    with Path(path).open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(Trajectory.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, TypeError, KeyError) as e:
+                raise ValueError(f"{path}:{line_no}: not a trajectory record: {e}") from None
+    if not out:
+        raise ValueError(f"{path}: no trajectories")
+    return out
+
+
+def examples_from_trajectories(
+    trajs: list[Trajectory], max_seq_len: int, vocab_size: int | None = None
+) -> tuple[list[dict[str, list[int]]], int]:
+    """One pre-tokenised example per turn; returns (examples, number skipped as too long)."""
+    examples: list[dict[str, list[int]]] = []
+    skipped = 0
+    for k, traj in enumerate(trajs):
+        for t, turn in enumerate(traj.turns):
+            if not turn.output_ids:
+                continue
+            ids = turn.context_ids + turn.output_ids
+            if vocab_size is not None and max(ids) >= vocab_size:
+                raise ValueError(
+                    f"trajectory {k} (task {traj.task_id!r}) turn {t}: token id {max(ids)} is outside the "
+                    f"model's vocabulary of {vocab_size}; the trajectories come from another tokenizer"
+                )
+            if len(ids) > max_seq_len:
+                skipped += 1  # never truncate: that would cut the very tokens we train on
+                continue
+            mask = [0] * len(turn.context_ids) + [1] * len(turn.output_ids)
+            examples.append({"input_ids": ids, "completion_mask": mask})
+    return examples, skipped
+
+
+def tokenizer_texts(tasks: list[Task], corpus: list[Document], extra: list[str], max_turns: int) -> list[str]:
+    from mem1_core.agent.tags import qa_prompt
+
+    texts = [d.contents for d in corpus]
+    texts += [qa_prompt(t.questions, max_turns) for t in tasks]
+    return texts + extra
+
+
+def _build_tiny(
+    cfg: SFTConfig, tasks: list[Task], corpus: list[Document], env_factory: Callable[[Task], Any]
+) -> tuple[Any, Any, list[Trajectory]]:
+    """Two passes: a provisional tokenizer to run the teacher, then the final one trained on its outputs."""
+    from mem1_core import models
+
+    grammar = DEFAULT_GRAMMAR
+    turns = cfg.agent.turns_for(max(t.n_objectives for t in tasks))
+    base_texts = tokenizer_texts(tasks, corpus, [], turns)
+    provisional = models.train_tokenizer(base_texts, cfg.model.tiny.vocab_size, grammar)
+    first = oracle_trajectories(tasks, env_factory, provisional, cfg.agent, grammar)
+    teacher_text = [x for tr in first for turn in tr.turns for x in (turn.output_text, turn.observation)]
+    tokenizer = models.train_tokenizer(base_texts + teacher_text, cfg.model.tiny.vocab_size, grammar)
+    model = models.build_tiny_model(cfg.model.tiny, tokenizer, seed=cfg.seed)
+    trajs = oracle_trajectories(tasks, env_factory, tokenizer, cfg.agent, grammar)
+    return model, tokenizer, trajs
+
+
+class _LogCallback:
+    """Forward the trainer's logs (loss, lr, grad norm) to `log` as sft/* metrics."""
+
+    def __init__(self, log: LogFn) -> None:
+        self.log = log
+
+    def as_trainer_callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class _CB(TrainerCallback):
+            def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+                if not logs:
+                    return
+                metrics = {
+                    f"sft/{k}": float(v)
+                    for k, v in logs.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+                }
+                if metrics:
+                    outer.log(metrics, int(state.global_step))
+
+        return _CB()
+
+
+def build_trainer(
+    cfg: SFTConfig,
+    model: Any,
+    tokenizer: Any,
+    examples: list[dict[str, list[int]]],
+    out_dir: Path,
+    log: LogFn | None,
+) -> Any:
+    """TRL SFTTrainer on pre-tokenised examples; completion_mask becomes the loss mask (no re-tokenising)."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig as TRLConfig
+    from trl import SFTTrainer
+
+    args = TRLConfig(
+        output_dir=str(out_dir / "trainer"),
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        warmup_steps=min(cfg.warmup_ratio, 0.99),
+        lr_scheduler_type="cosine",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        max_length=cfg.max_seq_len,
+        completion_only_loss=True,
+        seed=cfg.seed,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=cfg.model.dtype == "bfloat16" and torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tokenizer,
+        callbacks=[_LogCallback(log).as_trainer_callback()] if log else None,
+    )
+    return trainer
+
+
+def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None) -> Path:
+    """Collect teacher turns, train with TRL's SFTTrainer, save to out_dir/model; returns that dir."""
+    import torch
+
+    from mem1_core import models
+    from mem1_core.data.compose import load_corpus, load_tasks
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    tasks = load_tasks(data_dir, "train")
+    if cfg.n_tasks is not None:
+        tasks = tasks[: cfg.n_tasks]
+    grammar = DEFAULT_GRAMMAR
+
+    if cfg.teacher_trajectories:
+        if cfg.model.base_model == "tiny":
+            raise ValueError(
+                "sft.teacher_trajectories needs a real base_model: their token ids must come from that "
+                "model's tokenizer, and a 'tiny' tokenizer is trained here"
+            )
+        model, tokenizer = models.load_model(cfg.model.base_model, cfg.model)
+        grammar = models.load_grammar(cfg.model.base_model)
+        trajs = read_trajectories(Path(cfg.teacher_trajectories))
+    else:
+        corpus = load_corpus(data_dir)
+        env_factory = make_env_factory(corpus, cfg.agent, grammar)
+        if cfg.model.base_model == "tiny":
+            model, tokenizer, trajs = _build_tiny(cfg, tasks, corpus, env_factory)
+        else:
+            model, tokenizer = models.load_model(cfg.model.base_model, cfg.model)
+            grammar = models.load_grammar(cfg.model.base_model)
+            trajs = oracle_trajectories(tasks, env_factory, tokenizer, cfg.agent, grammar)
+
+    vocab = model.get_input_embeddings().weight.shape[0]
+    examples, skipped = examples_from_trajectories(trajs, cfg.max_seq_len, vocab)
+    if not examples:
+        raise ValueError(f"no SFT examples: {skipped} turns were longer than max_seq_len {cfg.max_seq_len}")
+    teacher_reward = sum(t.reward for t in trajs) / len(trajs)
+    summary = {
+        "trajectories": len(trajs),
+        "examples": len(examples),
+        "skipped_too_long": skipped,
+        "teacher_mean_reward": teacher_reward,
+        "completion_tokens": sum(sum(e["completion_mask"]) for e in examples),
+        "tokens": sum(len(e["input_ids"]) for e in examples),
+    }
+    print(f"sft: {json.dumps(summary)}")
+    if log:
+        log({f"sft/data_{k}": float(v) for k, v in summary.items()}, 0)
+
+    model.train()
+    trainer = build_trainer(cfg, model, tokenizer, examples, out_dir, log)
+    result = trainer.train()
+    summary["train_loss"] = float(result.training_loss)
+    summary["steps"] = int(result.global_step)
+    model_dir = models.save_model(
+        trainer.model.eval(), tokenizer, out_dir / "model", grammar, {"sft": summary}
+    )
+    (out_dir / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return model_dir
