@@ -76,15 +76,21 @@ class ParsedTurn:
 
 @dataclass
 class _Patterns:
+    """Openers only: tag pairs are matched by `_first_pair` in linear time.
+
+    A backtracking regex like `<(q|a)>(.*?)</\\1>` rescans to the end of the text from every unclosed
+    opener, which is quadratic: 200k characters of `<query>` took ~50 s. Model output is untrusted.
+    """
+
     grammar: TagGrammar
-    state: re.Pattern[str] = field(init=False)
-    action: re.Pattern[str] = field(init=False)
+    state_open: str = field(init=False)
+    action_opener: re.Pattern[str] = field(init=False)
 
     def __post_init__(self) -> None:
         g = self.grammar
-        self.state = re.compile(rf"<{re.escape(g.state)}>(.*?)</{re.escape(g.state)}>", re.S)
+        self.state_open = g.open(g.state)
         kinds = "|".join(re.escape(t) for t in (g.query, g.answer, g.action))
-        self.action = re.compile(rf"<({kinds})>(.*?)</\1>", re.S)
+        self.action_opener = re.compile(rf"<({kinds})>")
 
 
 _PATTERN_CACHE: dict[TagGrammar, _Patterns] = {}
@@ -94,6 +100,33 @@ def _patterns(grammar: TagGrammar) -> _Patterns:
     if grammar not in _PATTERN_CACHE:
         _PATTERN_CACHE[grammar] = _Patterns(grammar)
     return _PATTERN_CACHE[grammar]
+
+
+def _first_pair(text: str, opener: re.Pattern[str]) -> tuple[str, int, int, int] | None:
+    """Leftmost `<t>…</t>` (t any tag `opener` matches), closed by the nearest `</t>`, in linear time.
+
+    Same match as the regex `<(t1|t2)>(.*?)</\\1>` with re.S: (tag, content start, content end, end).
+    """
+    last_close: dict[str, int] = {}
+    for m in opener.finditer(text):
+        tag = m.group(1)
+        if tag not in last_close:
+            last_close[tag] = text.rfind(f"</{tag}>")
+        if last_close[tag] >= m.end():
+            close = text.find(f"</{tag}>", m.end())
+            return tag, m.end(), close, close + len(tag) + 3
+    return None
+
+
+def _first_state(text: str, open_tag: str, close_tag: str) -> tuple[int, int, int] | None:
+    """The leftmost `<IS>…</IS>` with the nearest close: (content start, content end, end)."""
+    start = text.find(open_tag)
+    if start < 0:
+        return None
+    close = text.find(close_tag, start + len(open_tag))
+    if close < 0:
+        return None
+    return start + len(open_tag), close, close + len(close_tag)
 
 
 def split_answers(text: str, separator: str = ";") -> tuple[str, ...]:
@@ -111,14 +144,14 @@ def parse_turn(text: str, grammar: TagGrammar = DEFAULT_GRAMMAR) -> ParsedTurn:
     raw_len = len(text)
     text = text[:MAX_PARSE_CHARS]
     pats = _patterns(grammar)
-    state_match = pats.state.search(text)
-    state = state_match.group(1).strip() if state_match else None
-    rest = text[state_match.end() :] if state_match else text
-    action_match = pats.action.search(rest)
-    if action_match is None:
+    state_span = _first_state(text, pats.state_open, grammar.close(grammar.state))
+    state = text[state_span[0] : state_span[1]].strip() if state_span else None
+    rest = text[state_span[2] :] if state_span else text
+    action_span = _first_pair(rest, pats.action_opener)
+    if action_span is None:
         reason = "no closed action tag" if state is not None else "no internal state and no action"
         return ParsedTurn(state, FormatError(reason), raw_len)
-    tag, content = action_match.group(1), action_match.group(2).strip()
+    tag, content = action_span[0], rest[action_span[1] : action_span[2]].strip()
     if tag == grammar.answer:
         answers = split_answers(content, grammar.answer_separator)
         if not answers:
