@@ -324,14 +324,15 @@ class PPOTrainer:
             metrics["step_s"] = time.perf_counter() - t0
             record = {"step": float(self.step), **{f"ppo/{k}": float(v) for k, v in metrics.items()}}
             self.history.append(record)
+            bar.update()
             if log:
                 log({k: v for k, v in record.items() if k != "step"}, self.step)
-            bar.update()
-            bar.write(
-                f"ppo step {self.step}: reward {metrics['reward']:.3f} kl {metrics['kl']:.4f} "
-                f"entropy {metrics['entropy']:.3f} pg {metrics['policy_loss']:.4f} "
-                f"vf {metrics['value_loss']:.4f} clipfrac {metrics['clipfrac']:.3f}"
-            )
+            else:
+                bar.write(
+                    f"ppo step {self.step}: reward {metrics['reward']:.3f} kl {metrics['kl']:.4f} "
+                    f"entropy {metrics['entropy']:.3f} pg {metrics['policy_loss']:.4f} "
+                    f"vf {metrics['value_loss']:.4f} clipfrac {metrics['clipfrac']:.3f}"
+                )
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
         bar.close()

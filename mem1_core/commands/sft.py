@@ -1,0 +1,37 @@
+"""`mem1 sft`: SFT warm-up on teacher trajectories; writes OUT/model (a model dir) and a summary."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "Example: mem1 sft --config configs/local-tiny.yaml --data-dir runs/data --out runs/sft"
+    parser.add_argument("--config", default="configs/local-tiny.yaml", help="pipeline config YAML (sft:)")
+    parser.add_argument("--data-dir", required=True, help="output of `mem1 compose`")
+    parser.add_argument("--out", required=True, help="output directory; the model goes to OUT/model")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. sft.epochs=1"
+    )
+
+
+def print_metrics(metrics: dict[str, float], step: int) -> None:
+    shown = " ".join(f"{k.split('/', 1)[-1]}={v:.4g}" for k, v in sorted(metrics.items()))
+    print(f"step {step}: {shown}", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mem1_core.commands.compose import parse_overrides
+    from mem1_core.config import ConfigError, load_config
+    from mem1_core.rl import sft
+
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    cfg = load_config(args.config, overrides).sft
+    model_dir = sft.run(cfg, Path(args.data_dir), Path(args.out), log=print_metrics)
+    print(f"sft model: {model_dir}")
+    return 0
