@@ -70,7 +70,8 @@ def test_tiny_model_vocab_matches_tokenizer(tokenizer, arch: str) -> None:
 
 def test_tiny_model_rejects_bad_head_counts(tokenizer) -> None:
     with pytest.raises(ValueError, match="num_key_value_heads"):
-        build_tiny_model(SMALL.model_copy(update={"num_attention_heads": 3, "num_key_value_heads": 2}), tokenizer)
+        bad = SMALL.model_copy(update={"num_attention_heads": 3, "num_key_value_heads": 2})
+        build_tiny_model(bad, tokenizer)
 
 
 def test_save_load_round_trip(tokenizer, tmp_path: Path) -> None:
