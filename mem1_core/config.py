@@ -179,7 +179,7 @@ class EvalConfig(StrictModel):
 
     agent: AgentConfig = Field(default_factory=lambda: AgentConfig(temperature=0.0))
     objectives: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])
-    modes: list[str] = Field(default_factory=lambda: ["mem1", "full", "truncate:1"])
+    modes: list[str] = Field(default_factory=lambda: ["mem1", "full", "truncate:2"])
     n_tasks_per_objective: int = Field(16, ge=1)
 
     @field_validator("objectives")
