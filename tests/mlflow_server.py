@@ -93,3 +93,49 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
     finally:
         stop_server(proc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny assets for the registry and evaluation tests: a composed data dir and saved tiny models.
+
+SMALL_WORLD = {"seed": 0, "n_people": 24, "n_films": 8, "n_cities": 4, "n_companies": 4}
+
+
+def make_data_dir(out: Path, eval_objectives: tuple[int, ...] = (1, 2), n_eval_tasks: int = 2) -> Path:
+    """A small composed data dir (train/eval parquet, corpus.jsonl, manifest.json) via data.compose."""
+    from mem1_core.config import ComposeConfig
+    from mem1_core.data import compose
+
+    cfg = ComposeConfig.model_validate(
+        {
+            "world": SMALL_WORLD,
+            "train_objectives": [2],
+            "eval_objectives": list(eval_objectives),
+            "n_train_tasks": 8,
+            "n_eval_tasks": n_eval_tasks,
+        }
+    )
+    compose.run(cfg, out)
+    return out
+
+
+def make_model_dir(out: Path, data_dir: Path, seed: int = 0) -> Path:
+    """A tiny random Qwen2 model with a BPE tokenizer trained on the corpus, saved by models.save_model."""
+    import json
+
+    from mem1_core.agent.tags import DEFAULT_GRAMMAR
+    from mem1_core.config import TinyModelConfig
+    from mem1_core.models import build_tiny_model, save_model, train_tokenizer
+
+    texts = [json.loads(line)["contents"] for line in (data_dir / "corpus.jsonl").read_text().splitlines()]
+    tokenizer = train_tokenizer(texts, vocab_size=400, grammar=DEFAULT_GRAMMAR)
+    cfg = TinyModelConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        vocab_size=400,
+    )
+    model = build_tiny_model(cfg, tokenizer, seed=seed)
+    return save_model(model, tokenizer, out, DEFAULT_GRAMMAR)
