@@ -51,6 +51,9 @@ class ClusterOptions:
     hf_secret: str = "mem1-hf-token"
     workspace_pvc: str = "mem1-workspace"
     workspace_mount: str = "/workspace"
+    # False only for kfp.local, which ignores resources and cannot resolve parameter-valued
+    # accelerator placeholders inside the exit-handler sub-DAG
+    request_accelerators: bool = True
     retries: int = 2
     retry_backoff: str = "60s"
     train_timeout_s: int = 3 * 24 * 3600
@@ -68,7 +71,8 @@ def _with_mlflow_env(task: Any, cluster: ClusterOptions) -> Any:
 
 
 def _on_gpu_pool(task: Any, cluster: ClusterOptions, accelerator_type: Any, gpus: Any) -> Any:
-    task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpus)
+    if cluster.request_accelerators:
+        task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpus)
     task.set_cpu_request(cluster.gpu_cpu_request).set_memory_request(cluster.gpu_memory_request)
     for key, value in cluster.gpu_node_selector.items():
         kubernetes.add_node_selector(task, key, value)
@@ -82,6 +86,8 @@ def _light(task: Any, cluster: ClusterOptions) -> Any:
 
 
 def _retry(task: Any, cluster: ClusterOptions) -> Any:
+    if cluster.retries <= 0:
+        return task
     return task.set_retry(
         num_retries=cluster.retries, backoff_duration=cluster.retry_backoff, backoff_factor=2.0
     )

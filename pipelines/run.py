@@ -84,13 +84,24 @@ def run_local(
         cache_root=str(run_dir / "kfp" / ".cache"),
     )
     # The local images are this Python; the names only label the tasks.
-    pipeline = build_pipeline(Images(base="python-local", trainer="python-local"), None, config)
+    # kfp.local ignores resources; retries would only replay a deterministic local failure
+    local_cluster = ClusterOptions(request_accelerators=False, retries=0)
+    pipeline = build_pipeline(Images(base="python-local", trainer="python-local"), local_cluster, config)
     task = pipeline(
         config_json=json.dumps(config.model_dump(mode="json")),
+        overrides={},
+        base_model="",
+        sources_json="",
+        train_objectives=[],
+        eval_objectives=[],
+        em_floor=-1.0,
+        domain="",
         mlflow_uri=uri,
         experiment=config.tracking.experiment,
         num_nodes=1,
         gpus_per_node=1,
+        accelerator_type="nvidia.com/gpu",
+        training_launcher="trainjob",
     )
     outputs = dict(task.outputs) if task.outputs else {}
     eval_dir = _latest(run_dir / "kfp", "results")
@@ -99,8 +110,7 @@ def run_local(
         if eval_dir and (eval_dir / "table.md").exists()
         else ""
     )
-    registered = _latest_text(run_dir / "kfp", "register-model", "Output")
-    return LocalResult(run_dir, uri, outputs, eval_dir, table, registered)
+    return LocalResult(run_dir, uri, outputs, eval_dir, table, _registered(uri, config.registry.model_name))
 
 
 def _latest(root: Path, name: str) -> Path | None:
@@ -108,9 +118,17 @@ def _latest(root: Path, name: str) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def _latest_text(root: Path, task: str, name: str) -> str:
-    found = [p for p in root.rglob(f"{task}*/{name}") if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime).read_text(encoding="utf-8") if found else ""
+def _registered(tracking_uri: str, model_name: str) -> str:
+    """The newest registered version of the model and its aliases, as 'models:/name/3 (candidate)'."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    versions = client.search_model_versions(f"name='{model_name}'")
+    if not versions:
+        return ""
+    v = max(versions, key=lambda mv: int(mv.version))
+    aliases = ", ".join(getattr(v, "aliases", []) or []) or "no alias"
+    return f"models:/{model_name}/{v.version} ({aliases})"
 
 
 def load(config_path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:

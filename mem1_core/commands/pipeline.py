@@ -146,7 +146,11 @@ def _local(args: argparse.Namespace) -> int:
     from pipelines.run import run_local
 
     config = load_config(args.config, parse_assignments(args.set, "--set"))
-    result = run_local(config, args.run_dir, caching=args.cache)
+    try:
+        result = run_local(config, args.run_dir, caching=args.cache)
+    except RuntimeError as e:  # kfp.local: a task failed; its log is above
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print("\n== evaluation (EM / F1 / peak tokens per objectives x mode) ==")
     print(result.table or "(no evaluation table found)")
     if result.eval_dir is not None:
