@@ -160,3 +160,111 @@ def test_default_config_is_the_compiled_in_preset(compiled: tuple[str, dict, dic
         "training_launcher",
     ):
         assert name in params, name
+
+
+class _FakeKfpApi:
+    """A real HTTP server on 127.0.0.1 answering the KFP v2beta1 calls that `submit` makes."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict[str, Any]] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, obj: Any) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _record(self, body: Any) -> None:
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                api.requests.append(
+                    {"method": self.command, "path": self.path, "headers": headers, "body": body}
+                )
+
+            def do_GET(self) -> None:
+                self._record(None)
+                self._send({"experiments": []} if "/experiments" in self.path else {})
+
+            def do_POST(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(n)) if n else None
+                self._record(body)
+                if self.path.startswith("/apis/v2beta1/experiments"):
+                    self._send({"experiment_id": "exp-1", "display_name": body["display_name"]})
+                else:
+                    self._send(
+                        {"run_id": "run-123", "display_name": body["display_name"], "experiment_id": "exp-1"}
+                    )
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+
+def test_submit_sends_the_compiled_spec_with_parameters_and_token(
+    compiled: tuple[str, dict, dict],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, spec, _ = compiled
+    package = tmp_path / "p.yaml"
+    package.write_text(yaml.safe_dump_all(list(yaml.safe_load_all(compiled[0]))), encoding="utf-8")
+    api = _FakeKfpApi()
+    monkeypatch.setenv("KFP_HOST", api.url)
+    monkeypatch.setenv("KFP_TOKEN", "tok-abc")
+    try:
+        rc = main(
+            [
+                "pipeline",
+                "submit",
+                "--package",
+                str(package),
+                "--namespace",
+                "team-a",
+                "--run-name",
+                "r1",
+                "--param",
+                "num_nodes=2",
+                "--param",
+                "base_model=Qwen/Qwen2.5-7B",
+                "--param",
+                "eval_objectives=[1,16]",
+            ]
+        )
+    finally:
+        api.httpd.shutdown()
+    assert rc == 0 and "submitted run run-123" in capsys.readouterr().out
+    run = next(r for r in api.requests if r["method"] == "POST" and r["path"] == "/apis/v2beta1/runs")
+    assert run["headers"]["authorization"] == "Bearer tok-abc"
+    assert run["body"]["display_name"] == "r1" and run["body"]["experiment_id"] == "exp-1"
+    assert run["body"]["runtime_config"]["parameters"] == {
+        "num_nodes": 2,
+        "base_model": "Qwen/Qwen2.5-7B",
+        "eval_objectives": [1, 16],
+    }
+    sent = run["body"]["pipeline_spec"]
+    assert sent["pipeline_spec"]["pipelineInfo"] == spec["pipelineInfo"]
+    assert "kubernetes" in sent["platform_spec"]["platforms"]  # GPU pool, secrets, PVC travel with the run
+    exp = next(r for r in api.requests if r["method"] == "POST" and r["path"] == "/apis/v2beta1/experiments")
+    assert exp["body"] == {"display_name": "mem1", "namespace": "team-a"}
+
+
+def test_submit_without_a_host_or_package_fails_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KFP_HOST", raising=False)
+    assert main(["pipeline", "submit", "--package", str(tmp_path / "missing.yaml")]) == 2
+    assert "no compiled pipeline" in capsys.readouterr().err
+    (tmp_path / "p.yaml").write_text("{}")
+    assert main(["pipeline", "submit", "--package", str(tmp_path / "p.yaml")]) == 2
+    assert "no KFP host" in capsys.readouterr().err

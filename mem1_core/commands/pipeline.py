@@ -136,7 +136,13 @@ def _submit(args: argparse.Namespace) -> int:
         print(f"error: {package}: no compiled pipeline; run `mem1 pipeline compile` first", file=sys.stderr)
         return 2
     params = parse_assignments(args.param, "--param")
-    run_id = submit(package, args.host, args.namespace, args.token, args.experiment, args.run_name, params)
+    try:
+        run_id = submit(
+            package, args.host, args.namespace, args.token, args.experiment, args.run_name, params
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"submitted run {run_id}")
     return 0
 
