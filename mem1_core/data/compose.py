@@ -177,9 +177,9 @@ def _sha256(path: Path) -> str:
 def run(cfg: ComposeConfig, out_dir: Path) -> ComposeResult:
     """Compose tasks and corpus into `out_dir` (created if needed) and write the manifest."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     items, docs = collect_items(cfg)
     train, evals = compose_tasks(items, cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are valid: a failed run writes nothing
     _write_tasks(train, out_dir / "train.parquet")
     _write_tasks(evals, out_dir / "eval.parquet")
     _write_corpus(docs, out_dir / "corpus.jsonl")
@@ -217,13 +217,53 @@ def load_tasks(data_dir: Path, split: str) -> list[Task]:
         raise DataError(f"{path}: not found; run `mem1 compose` to create {data_dir}")
     import pyarrow.parquet as pq
 
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several types for a damaged or foreign file
+        raise DataError(f"{path}: not a readable parquet file: {e}") from None
+    if not rows:
+        raise DataError(f"{path}: no tasks (an empty split)")
     tasks = []
-    for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+    for i, row in enumerate(rows, start=1):
+        where = f"{path} row {i}"
+        check_task_row(row, where)
         try:
             tasks.append(Task.from_row(row))
         except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{path} row {i}: malformed task row: {e!r}") from None
+            raise DataError(f"{where}: malformed task row: {e!r}") from None
     return tasks
+
+
+def _need(value: Any, kind: type | tuple[type, ...], where: str, field_name: str, what: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise DataError(f"{where}: field {field_name!r}: expected {what}, got {value!r:.60}")
+    return value
+
+
+def check_task_row(row: Any, where: str) -> None:
+    """Check a Task.to_row() record field by field, so a bad file names its row and field."""
+    _need(row, dict, where, "<row>", "an object")
+    _need(row.get("id"), str, where, "id", "a string")
+    objectives = _need(row.get("objectives"), list, where, "objectives", "a non-empty list")
+    if not objectives:
+        raise DataError(f"{where}: field 'objectives': expected a non-empty list, got []")
+    for j, obj in enumerate(objectives):
+        f = f"objectives[{j}]"
+        _need(obj, dict, where, f, "an object")
+        question = _need(obj.get("question"), str, where, f"{f}.question", "a non-empty string")
+        if not question.strip():
+            raise DataError(f"{where}: field '{f}.question': expected a non-empty string, got ''")
+        answers = _need(obj.get("answers"), list, where, f"{f}.answers", "a non-empty list of strings")
+        if not answers or not all(isinstance(a, str) for a in answers):
+            got = f"{answers!r:.60}"
+            raise DataError(f"{where}: field '{f}.answers': expected a non-empty list of strings, got {got}")
+        for key in ("supporting_doc_ids", "supporting_titles"):
+            if obj.get(key) is not None and not isinstance(obj[key], list):
+                raise DataError(f"{where}: field '{f}.{key}': expected a list, got {obj[key]!r:.60}")
+        if obj.get("hops") is not None:
+            _need(obj["hops"], int, where, f"{f}.hops", "an integer")
+    if row.get("extra") is not None:
+        _need(row["extra"], str, where, "extra", "a JSON string")
 
 
 def load_corpus(data_dir: Path) -> list[Document]:
