@@ -236,6 +236,22 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     return tokenizer
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def refuse_pickle_only(model_dir: Path) -> None:
+    """A local model dir must hold safetensors: pickle weights (pytorch_model.bin…) can run code on load."""
+    if weight_files(model_dir):
+        return
+    pickled = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
+    found = f"only pickle-based weights ({', '.join(pickled)})" if pickled else "no weight files"
+    raise ModelIntegrityError(
+        f"{model_dir}: no *.safetensors weights, {found}. Only safetensors are loaded, since a pickle "
+        "file can execute code when it is read; convert it once in a trusted environment "
+        "(load it and save_pretrained(..., safe_serialization=True))"
+    )
+
+
 def load_model(
     path_or_id: str | Path, cfg: ModelConfig | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -250,6 +266,8 @@ def load_model(
     if local.exists() and not local.is_dir():
         raise FileNotFoundError(f"{local}: expected a model directory, got a file")
     ours = local.is_dir() and (local / MANIFEST).is_file()
+    if local.is_dir():
+        refuse_pickle_only(local)
     if ours:
         verify_model_dir(local)
     elif source.startswith((".", "/")) and not local.exists():
