@@ -43,9 +43,16 @@ def _module(name: str):  # type: ignore[no-untyped-def]
 
 
 def _is_data_error(e: BaseException) -> bool:
-    """Bad input data (sources.DataError) exits 2 like a bad config; checked lazily to keep --help fast."""
+    """Bad input exits 2 like a bad config: bad data (sources.DataError), a model dir that fails its
+    integrity or safetensors-only check (models.ModelIntegrityError), or a missing input file.
+    Checked lazily (only modules already imported) to keep --help fast."""
+    if isinstance(e, FileNotFoundError):
+        return True
     sources = sys.modules.get("mem1_core.data.sources")
-    return sources is not None and isinstance(e, sources.DataError)
+    models = sys.modules.get("mem1_core.models")
+    return (sources is not None and isinstance(e, sources.DataError)) or (
+        models is not None and isinstance(e, models.ModelIntegrityError)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
