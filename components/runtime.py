@@ -308,16 +308,19 @@ def train(
     return Path(ppo.run(parse_section(PPOConfig, section, "ppo"), data_dir, model_dir, out_dir, log=log))
 
 
+DEEPSPEED_CONFIG = "configs/deepspeed_zero3.json"  # relative to the images' WORKDIR (/app)
+
+
 def step_command(
     kind: str, config_path: Path, data_dir: Path, model_dir: Path | None, out_dir: Path
 ) -> list[str]:
-    """The `mem1 sft|ppo` arguments a distributed worker runs (after torchrun's own arguments)."""
+    """`mem1 sft|ppo` as a torchrun module; the trained model lands in OUT/model (the CLI's layout)."""
     args = ["-m", "mem1_core.cli", kind, "--config", str(config_path), "--data-dir", str(data_dir)]
     if model_dir is not None:
-        args += ["--model-dir", str(model_dir)]
-    args += ["--out-dir", str(out_dir)]
+        args += ["--model", str(model_dir)]
+    args += ["--out", str(out_dir)]
     if kind == "ppo":
-        args += ["--deepspeed", "configs/deepspeed_zero3.json"]
+        args += ["--set", f"ppo.deepspeed_config={DEEPSPEED_CONFIG}"]
     return args
 
 
@@ -338,4 +341,4 @@ def _torchrun_single_node(
     cmd += step_command(kind, config_path, data_dir, model_dir, out_dir)
     print("running:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-    return out_dir
+    return out_dir / "model"

@@ -3,8 +3,8 @@
 The sft/ppo component calls `run_distributed_step` when num_nodes > 1. It stages the step's inputs on
 the shared workspace volume, creates the job through the kubernetes client (CustomObjectsApi), follows
 its conditions with a watch, fails with the job's own reason, and deletes the job if the step is
-cancelled (KFP sends SIGTERM). Every worker runs `torchrun -m mem1_core.cli <step> ... --deepspeed`;
-both operators inject the PET_* variables torchrun reads (nnodes, node rank, master address).
+cancelled (KFP sends SIGTERM). Every worker runs `torchrun -m mem1_core.cli <step> ...` (PPO with
+DeepSpeed ZeRO-3); both operators inject the PET_* variables torchrun reads (nnodes, rank, master).
 """
 
 from __future__ import annotations
@@ -365,7 +365,8 @@ def run_distributed_step(
         },
     )
     JobRunner(api or custom_objects_api(), launcher).run(build_manifest(spec, launcher))
-    if not out_stage.is_dir():
-        raise JobFailed(f"job {name} succeeded but wrote no model to {out_stage}")
-    shutil.copytree(out_stage, out_dir, dirs_exist_ok=True)
+    trained = out_stage / "model"
+    if not trained.is_dir():
+        raise JobFailed(f"job {name} succeeded but wrote no model to {trained}")
+    shutil.copytree(trained, out_dir, dirs_exist_ok=True)
     return out_dir

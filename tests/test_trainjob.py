@@ -34,6 +34,7 @@ from pipelines.trainjob import (
     run_distributed_step,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 CRDS = Path(__file__).parent / "data" / "crds"
 K8S_DEFS = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
 SCHEMAS = {
@@ -56,7 +57,15 @@ def spec(**kw: Any) -> JobSpec:
         image="registry.example.com/mem1-trainer:1",
         num_nodes=3,
         gpus_per_node=8,
-        args=["-m", "mem1_core.cli", "ppo", "--config", "/workspace/j/ppo.yaml", "--deepspeed", "ds.json"],
+        args=[
+            "-m",
+            "mem1_core.cli",
+            "ppo",
+            "--config",
+            "/w/ppo.yaml",
+            "--set",
+            "ppo.deepspeed_config=ds.json",
+        ],
         node_selector={"nvidia.com/gpu.present": "true"},
         tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         workspace_pvc="mem1-workspace",
@@ -72,7 +81,7 @@ def test_manifest_is_valid_for_the_crd(launcher: str) -> None:
     obj = build_manifest(spec(), launcher)
     validate_against_crd(obj, launcher)
     text = json.dumps(obj)
-    assert "torchrun" in text and "--deepspeed" in text and "nvidia.com/gpu" in text
+    assert "torchrun" in text and "deepspeed_config" in text and "nvidia.com/gpu" in text
     assert "AWS_SECRET_ACCESS_KEY" in text and "secretKeyRef" in text  # a reference, never a value
 
 
@@ -280,7 +289,7 @@ def test_run_distributed_step_stages_workspace_and_copies_model_back(tmp_path: P
     script = [[cond("Created")], [cond("Complete", "JobSucceeded")]]
 
     class Worker(FakeApiServer):
-        """Plays the workers too: writes the model where the job's --out-dir points, then succeeds."""
+        """Plays the workers too: writes the model where the job's --out points, then succeeds."""
 
     with Worker(script) as srv:
         original_post = srv.httpd.RequestHandlerClass.do_POST
@@ -289,7 +298,7 @@ def test_run_distributed_step_stages_workspace_and_copies_model_back(tmp_path: P
             original_post(handler)
             body = srv.requests[-1]["body"]
             args = body["spec"]["trainer"]["args"]
-            target = Path(args[args.index("--out-dir") + 1])
+            target = Path(args[args.index("--out") + 1]) / "model"
             target.mkdir(parents=True)
             (target / "model.safetensors").write_bytes(b"weights")
 
@@ -309,7 +318,10 @@ def test_run_distributed_step_stages_workspace_and_copies_model_back(tmp_path: P
     body = srv.requests[0]["body"]
     validate_against_crd(body, TRAINJOB)
     args = body["spec"]["trainer"]["args"]
-    assert args[:3] == ["-m", "mem1_core.cli", "ppo"] and "--deepspeed" in args
+    assert args[:3] == ["-m", "mem1_core.cli", "ppo"]
+    assert "ppo.deepspeed_config=configs/deepspeed_zero3.json" in args
+    assert (REPO / "configs" / "deepspeed_zero3.json").is_file()
+    assert Path(args[args.index("--model") + 1]).joinpath("mem1.json").is_file()
     assert Path(args[args.index("--data-dir") + 1]).joinpath("train.parquet").is_file()
     assert yaml.safe_load(Path(args[args.index("--config") + 1]).read_text()) == {"ppo": {"steps": 1}}
     assert body["spec"]["podTemplateOverrides"][0]["spec"]["nodeSelector"] == {"pool": "gpu"}
