@@ -4,7 +4,8 @@ A directory named step_N therefore always holds a complete checkpoint; a crash m
 only a .tmp directory, which `latest` ignores and the next save replaces. What a checkpoint holds:
 actor (model dir), critic (backbone + value_head.safetensors), optimizer and scheduler states, the
 RNG states (python task sampler, torch, CUDA), the step, and the metrics history up to that step,
-so a resumed run continues with no gap and no duplicate in its history.
+so a resumed run continues with no gap and no duplicate in its history; and checksums.json, the
+sha256 of every file, checked by `verify` before a resume loads anything.
 """
 
 from __future__ import annotations
@@ -19,9 +20,16 @@ from typing import Any
 
 import torch
 
+from mem1_core.models import ModelIntegrityError, sha256_file
+
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.pt"
 HISTORY_FILE = "metrics_history.json"
+CHECKSUMS_FILE = "checksums.json"
+
+
+class CheckpointIntegrityError(ModelIntegrityError):
+    """A checkpoint whose files do not match the sha256 sums recorded when it was written."""
 
 
 def checkpoint_root(out_dir: Path) -> Path:
@@ -69,6 +77,8 @@ def save(
     save_models(tmp)
     torch.save(trainer_state, tmp / STATE_FILE)
     (tmp / HISTORY_FILE).write_text(json.dumps(history, indent=1) + "\n", encoding="utf-8")
+    sums = {str(f.relative_to(tmp)): sha256_file(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+    (tmp / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     if final.exists():  # re-running a finished step: replace it whole
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -82,3 +92,31 @@ def load_state(ckpt: Path) -> tuple[dict[str, Any], list[dict[str, float]]]:
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     history = json.loads((ckpt / HISTORY_FILE).read_text(encoding="utf-8"))
     return state, history
+
+
+def verify(ckpt: Path) -> None:
+    """Check every file of a checkpoint against checksums.json; raise naming the first file that differs.
+
+    Resume trusts what it loads (optimizer state, critic, actor), so a corrupted or edited checkpoint
+    must fail here, loudly, rather than train on from altered weights.
+    """
+    ckpt = Path(ckpt)
+    path = ckpt / CHECKSUMS_FILE
+    if not path.is_file():
+        raise CheckpointIntegrityError(f"{path}: missing; a checkpoint without checksums cannot be trusted")
+    try:
+        recorded: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointIntegrityError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+    present = {str(f.relative_to(ckpt)) for f in ckpt.rglob("*") if f.is_file()} - {CHECKSUMS_FILE}
+    extra = sorted(present - recorded.keys())
+    if extra:
+        raise CheckpointIntegrityError(f"{ckpt}: file(s) {extra} are not recorded in {CHECKSUMS_FILE}")
+    for name, expected in sorted(recorded.items()):
+        f = ckpt / name
+        if not f.is_file():
+            raise CheckpointIntegrityError(f"{f}: listed in {CHECKSUMS_FILE} but missing")
+        if sha256_file(f) != expected:
+            raise CheckpointIntegrityError(
+                f"{f}: sha256 does not match {path}; the checkpoint was modified or corrupted"
+            )

@@ -89,12 +89,20 @@ class PPOTrainer:
 
     def __init__(self, cfg: PPOConfig, data_dir: Path, model_dir: Path, out_dir: Path) -> None:
         from mem1_core import models
+        from mem1_core.config import ConfigError
         from mem1_core.data.compose import load_corpus, load_tasks
         from mem1_core.rl.sft import make_env_factory
 
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.model_dir = Path(model_dir)
+        # Inputs are read and checked before any model is loaded: bad data fails in a second, not after.
+        self.tasks = load_tasks(Path(data_dir), "train")
+        if cfg.prompts_per_step > len(self.tasks):
+            raise ConfigError(
+                f"ppo.prompts_per_step {cfg.prompts_per_step} is more than the {len(self.tasks)} train tasks"
+            )
+        corpus = load_corpus(Path(data_dir))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.backend: AttentionBackend = resolve_backend(cfg.attention, self.device)
         self.grammar = models.load_grammar(model_dir)
@@ -112,12 +120,7 @@ class PPOTrainer:
         # and so resume restores their state like everything else.
         self.sched_actor = torch.optim.lr_scheduler.LambdaLR(self.opt_actor, lambda _: 1.0)
         self.sched_critic = torch.optim.lr_scheduler.LambdaLR(self.opt_critic, lambda _: 1.0)
-        self.tasks = load_tasks(Path(data_dir), "train")
-        if cfg.prompts_per_step > len(self.tasks):
-            raise ValueError(
-                f"ppo.prompts_per_step {cfg.prompts_per_step} is more than the {len(self.tasks)} train tasks"
-            )
-        self.env_factory = make_env_factory(load_corpus(Path(data_dir)), cfg.agent, self.grammar)
+        self.env_factory = make_env_factory(corpus, cfg.agent, self.grammar)
         self.task_rng = random.Random(cfg.seed)
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -149,6 +152,7 @@ class PPOTrainer:
         ckpt = checkpoint.latest(self.out_dir)
         if ckpt is None:
             return False
+        checkpoint.verify(ckpt)
         actor, _ = models.load_model(ckpt / "actor", ModelConfig())
         self.actor.load_state_dict(actor.state_dict())
         critic_lm = AutoModelForCausalLM.from_pretrained(ckpt / "critic", use_safetensors=True)
