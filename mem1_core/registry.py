@@ -135,7 +135,7 @@ def read_eval(eval_dir: Path) -> dict[str, Any]:
 
 
 def gate_em(eval_data: dict[str, Any], objectives: int, mode: str, source: str = METRICS_FILE) -> float:
-    """EM (summed over objectives, averaged over tasks) of the grid row (objectives, mode)."""
+    """EM of the grid row (objectives, mode): eval.metrics `em`, mean over objectives (0..1) and tasks."""
     cells = []
     for i, row in enumerate(eval_data["grid"]):
         if not isinstance(row, dict):

@@ -1,0 +1,210 @@
+"""The evaluation grid: held-out tasks x objective counts x memory modes, as tables, plots and samples.
+
+Each cell (objectives, mode) runs its tasks through the same batched rollout loop as training,
+with BM25 over the data dir's corpus, a model dir's HFPolicy (or the scripted oracle for
+`model_dir == "oracle"`), and summarises the trajectories with eval.metrics. Writes into out_dir:
+metrics.json (config, grid rows, skipped cells), table.md, report.html, trajectories.jsonl (a few
+sample episodes per cell) and the PNG plots of eval.plots.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mem1_core.config import EvalConfig, ModelConfig, parse_mode
+
+ORACLE = "oracle"
+SAMPLES_PER_CELL = 2
+TABLE_COLUMNS: list[tuple[str, str, str]] = [
+    # (row key, header, format)
+    ("objectives", "objectives", "{:d}"),
+    ("mode", "mode", "{}"),
+    ("n_tasks", "tasks", "{:d}"),
+    ("em_sum", "EM (sum)", "{:.3f}"),
+    ("em", "EM (mean)", "{:.3f}"),
+    ("f1_sum", "F1 (sum)", "{:.3f}"),
+    ("f1", "F1 (mean)", "{:.3f}"),
+    ("peak_tokens", "peak tokens", "{:.1f}"),
+    ("dependency_length", "dependency", "{:.1f}"),
+    ("seconds", "s / task", "{:.3f}"),
+    ("turns", "turns", "{:.2f}"),
+    ("format_error", "format errors", "{:.2f}"),
+]
+
+
+@dataclass
+class EvalResult:
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def row(self, objectives: int, mode: str) -> dict[str, Any] | None:
+        return next((r for r in self.rows if r["objectives"] == objectives and r["mode"] == mode), None)
+
+
+def select_tasks(
+    tasks: list[Any], objectives: list[int], per_objective: int
+) -> tuple[dict[int, list[Any]], list[dict[str, Any]]]:
+    """The first `per_objective` eval tasks of each requested objective count; missing counts are reported."""
+    by_n: dict[int, list[Any]] = defaultdict(list)
+    for t in tasks:
+        by_n[t.n_objectives].append(t)
+    chosen: dict[int, list[Any]] = {}
+    skipped: list[dict[str, Any]] = []
+    for n in objectives:
+        if not by_n.get(n):
+            have = sorted(by_n)
+            skipped.append(
+                {"objectives": n, "reason": f"the eval set has no {n}-objective tasks (it has {have})"}
+            )
+            continue
+        chosen[n] = by_n[n][:per_objective]
+    return chosen, skipped
+
+
+def _build_policy(
+    model_dir: str | Path, data_dir: Path, agent: Any, model_cfg: ModelConfig
+) -> tuple[Any, Any]:
+    """(policy, grammar): HFPolicy for a model dir or hub id; the oracle teacher for 'oracle'."""
+    from mem1_core.agent.policy import HFPolicy, OracleTeacher
+    from mem1_core.models import load_grammar, load_model, tokenizer_texts, train_tokenizer
+
+    if str(model_dir) == ORACLE:
+        from mem1_core.data import compose
+
+        grammar = load_grammar(data_dir)
+        texts = tokenizer_texts(compose.load_tasks(data_dir, "train"), compose.load_corpus(data_dir), grammar)
+        tokenizer = train_tokenizer(texts, model_cfg.tiny.vocab_size, grammar)
+        return OracleTeacher(tokenizer, grammar), grammar
+    model, tokenizer = load_model(model_dir, model_cfg)
+    grammar = load_grammar(model_dir)
+    policy = HFPolicy(
+        model, tokenizer, agent.temperature, agent.batch_size, model_cfg.use_chat_template, seed=0
+    )
+    return policy, grammar
+
+
+def run(
+    cfg: EvalConfig,
+    data_dir: Path,
+    model_dir: str | Path,
+    out_dir: Path,
+    model_cfg: ModelConfig | None = None,
+    retrieval_url: str | None = None,
+) -> EvalResult:
+    """Evaluate `model_dir` (or "oracle") over cfg.objectives x cfg.modes on the eval split."""
+    from mem1_core.agent.rollout import run_episodes
+    from mem1_core.data import compose
+    from mem1_core.envs.qa import QAEnvironment
+    from mem1_core.eval.metrics import annotate, summarize
+    from mem1_core.eval.plots import grid_plots
+
+    started = time.monotonic()
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    for m in cfg.modes:
+        parse_mode(m)
+    model_cfg = model_cfg or ModelConfig()
+    chosen, skipped = select_tasks(
+        compose.load_tasks(data_dir, "eval"), cfg.objectives, cfg.n_tasks_per_objective
+    )
+    for s in skipped:
+        print(f"evaluate: skipping {s['objectives']} objectives: {s['reason']}")
+    if not chosen:
+        raise ValueError(f"{data_dir}/eval.parquet has none of the objective counts {cfg.objectives}")
+    manifest = compose.load_manifest(data_dir)
+
+    if retrieval_url:
+        from mem1_core.envs.server import RetrievalClient
+
+        backend: Any = RetrievalClient(retrieval_url)
+    else:
+        from mem1_core.envs.retrieval import BM25Backend
+
+        backend = BM25Backend(compose.load_corpus(data_dir))
+    policy, grammar = _build_policy(model_dir, data_dir, cfg.agent, model_cfg)
+
+    rows: list[dict[str, Any]] = []
+    samples: list[str] = []
+    for mode in cfg.modes:
+        agent = cfg.agent.model_copy(update={"mode": mode})
+        for n, tasks in chosen.items():
+
+            def env_factory(task: Any, _agent: Any = agent) -> Any:
+                turns = _agent.turns_for(task.n_objectives)
+                return QAEnvironment(task, backend, grammar, max_turns=turns, topk=_agent.topk)
+
+            trajectories = annotate(run_episodes(tasks, env_factory, policy, agent, mode=mode))
+            summary = summarize(trajectories)
+            rows.append({"objectives": n, "mode": mode, "n_tasks": len(tasks), **summary})
+            samples.extend(t.to_json() for t in trajectories[:SAMPLES_PER_CELL])
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    plots = grid_plots(rows, out_dir)
+    files.update({p.stem: p for p in plots})
+    table = format_table(rows)
+    files["table"] = out_dir / "table.md"
+    files["table"].write_text(table, encoding="utf-8")
+    files["trajectories"] = out_dir / "trajectories.jsonl"
+    files["trajectories"].write_text("".join(s + "\n" for s in samples), encoding="utf-8")
+    seconds = time.monotonic() - started
+    metrics = {
+        "config": cfg.model_dump(mode="json"),
+        "model": str(model_dir),
+        "data_dir": str(data_dir),
+        "dataset_hash": manifest.get("dataset_hash"),
+        "grid": rows,
+        "skipped": skipped,
+        "seconds_total": seconds,
+    }
+    files["metrics"] = out_dir / "metrics.json"
+    files["metrics"].write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    files["report"] = out_dir / "report.html"
+    files["report"].write_text(html_report(rows, skipped, plots, str(model_dir)), encoding="utf-8")
+    return EvalResult(out_dir, rows, skipped, files, seconds)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table, one row per (objectives, mode), sorted by objectives then mode order."""
+    header = "| " + " | ".join(h for _, h, _ in TABLE_COLUMNS) + " |"
+    sep = "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|"
+    lines = [header, sep]
+    for r in sorted(rows, key=lambda r: r["objectives"]):
+        cells = [fmt.format(int(r[k]) if fmt == "{:d}" else r[k]) for k, _, fmt in TABLE_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def html_report(
+    rows: list[dict[str, Any]], skipped: list[dict[str, Any]], plots: list[Path], model: str
+) -> str:
+    """A self-contained HTML page: the table and the plots inlined as base64 PNGs."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in TABLE_COLUMNS)
+    body = []
+    for r in sorted(rows, key=lambda r: r["objectives"]):
+        cells = [fmt.format(int(r[k]) if fmt == "{:d}" else r[k]) for k, _, fmt in TABLE_COLUMNS]
+        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    notes = "".join(f"<li>{html.escape(s['reason'])}</li>" for s in skipped)
+    images = "".join(
+        f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
+        f'{base64.b64encode(p.read_bytes()).decode()}"/></figure>'
+        for p in plots
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>MEM1 evaluation</title>"
+        "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>"
+        f"<h1>MEM1 evaluation</h1><p>model: <code>{html.escape(model)}</code></p>"
+        f"<table><tr>{head}</tr>{''.join(body)}</table>"
+        + (f"<h2>Skipped</h2><ul>{notes}</ul>" if notes else "")
+        + f"<h2>Plots</h2>{images}</body></html>\n"
+    )

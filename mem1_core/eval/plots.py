@@ -1,0 +1,77 @@
+"""PNG plots of the evaluation grid: one line per memory mode against the number of objectives.
+
+The two plots the paper's argument rests on: accuracy as tasks get longer, and peak context
+(memory) as tasks get longer; MEM1's should stay flat where full context grows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on CI or in a pod
+
+import matplotlib.pyplot as plt
+
+MARKERS = ("o", "s", "^", "D", "v")
+STYLES = ("-", "--", ":", "-.")
+PLOTS: dict[str, tuple[str, str, str]] = {
+    # file stem: (row key, y label, title)
+    "em_vs_objectives": (
+        "em_sum",
+        "exact match (correct sub-answers per task)",
+        "Accuracy vs number of objectives",
+    ),
+    "peak_tokens_vs_objectives": (
+        "peak_tokens",
+        "peak context tokens (mean per task)",
+        "Memory vs number of objectives",
+    ),
+}
+
+
+def line_plot(rows: Sequence[dict[str, Any]], key: str, ylabel: str, title: str, out: Path) -> Path:
+    """One line per mode: x = objectives, y = rows[key]; log2 x-axis when objectives span >= 4x."""
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for i, mode in enumerate(modes):
+        pts = sorted((int(r["objectives"]), float(r[key])) for r in rows if r["mode"] == mode)
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        # distinct markers and dashes keep coinciding curves (e.g. equal EM) visible
+        ax.plot(
+            xs,
+            ys,
+            marker=MARKERS[i % len(MARKERS)],
+            linestyle=STYLES[i % len(STYLES)],
+            linewidth=2,
+            markersize=8 - i % 3,
+            label=mode,
+        )
+    objectives = sorted({int(r["objectives"]) for r in rows})
+    if objectives and objectives[-1] >= 4 * objectives[0]:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(objectives)
+    ax.set_xticklabels([str(n) for n in objectives])
+    ax.set_xlabel("number of objectives per task")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(title="mode")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out
+
+
+def grid_plots(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Write every plot in PLOTS for the grid rows; returns the PNG paths."""
+    if not rows:
+        return []
+    return [
+        line_plot(rows, key, ylabel, title, out_dir / f"{stem}.png")
+        for stem, (key, ylabel, title) in PLOTS.items()
+    ]
