@@ -207,6 +207,8 @@ def nq_item(row: Any, where: str, index: int) -> QAItem:
 
 
 def _check_unique_ids(items: list[QAItem], path: str) -> None:
+    if not items:  # an empty file would otherwise surface later as 'too few questions', without its name
+        raise DataError(f"{path}: no rows; the file is empty")
     seen: dict[str, int] = {}
     for i, item in enumerate(items, start=1):
         if item.id in seen:
