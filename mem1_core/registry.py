@@ -219,6 +219,16 @@ class Mem1AgentModel(mlflow.pyfunc.PythonModel):
         )
 
 
+def load_registered(model_uri: str) -> Mem1AgentModel:
+    """The registered agent behind `models:/name@alias` (or runs:/, a local pyfunc dir), unwrapped so a
+    caller can swap the retrieval backend (e.g. `mem1 agent --corpus`)."""
+    loaded = mlflow.pyfunc.load_model(model_uri)
+    inner = loaded.unwrap_python_model()
+    if not isinstance(inner, Mem1AgentModel):
+        raise RegistryError(f"{model_uri}: not a MEM1 agent (python model is {type(inner).__name__})")
+    return inner
+
+
 def _model_config(path: str, overrides: dict[str, Any]) -> Any:
     from mem1_core.config import ModelConfig
 
@@ -226,24 +236,10 @@ def _model_config(path: str, overrides: dict[str, Any]) -> Any:
 
 
 def read_corpus(path: Path) -> list[Any]:
-    """corpus.jsonl ({id, title, contents}) -> Documents; errors name the line."""
-    from mem1_core.data.types import Document
+    """corpus.jsonl ({id, title, contents}) -> Documents (errors name the file and line)."""
+    from mem1_core.data.sources import load_corpus_file
 
-    docs = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                title = row["title"]
-                contents = row["contents"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: bad corpus row ({type(e).__name__}: {e})") from None
-            prefix = f'"{title}"\n'
-            text = contents[len(prefix) :] if contents.startswith(prefix) else contents
-            docs.append(Document(id=str(row.get("id", n)), title=title, text=text))
-    return docs
+    return load_corpus_file(path)
 
 
 def tasks_from_input(model_input: Any) -> list[Any]:

@@ -54,13 +54,15 @@ def eval_dir(root: Path, name: str, em: float, objectives: int = 2, mode: str = 
     return out
 
 
-def answers_before_registration(model_dir: Path, data_dir: Path) -> list[dict[str, object]]:
+def answers_before_registration(
+    model_dir: Path, data_dir: Path, agent: AgentConfig = AGENT
+) -> list[dict[str, object]]:
     from mem1_core.envs.retrieval import BM25Backend
 
     model, tokenizer = load_model(model_dir)
     backend = BM25Backend(registry.read_corpus(data_dir / "corpus.jsonl"))
     tasks = registry.tasks_from_input(pd.DataFrame({"questions": QUESTIONS}))
-    agent = AGENT.model_copy(update={"mode": "mem1"})
+    agent = agent.model_copy(update={"mode": "mem1"})
     return registry.answer_tasks(tasks, model, tokenizer, load_grammar(model_dir), agent, backend)
 
 
@@ -252,3 +254,73 @@ def test_failure_midway_leaves_no_version(
     exp = client.get_experiment_by_name("registry-midway")
     runs = client.search_runs([exp.experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+@pytest.mark.slow
+def test_cli_eval_register_agent(assets: dict[str, Path], tmp_path: Path) -> None:
+    """`mem1 eval` -> `mem1 register` -> `mem1 agent --model models:/mem1-agent@candidate`, on SQLite."""
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    sets = [
+        f"run_dir={run_dir}",
+        "eval.objectives=[1,2]",
+        'eval.modes=["mem1"]',
+        "eval.n_tasks_per_objective=1",
+        "eval.agent.max_new_tokens=8",
+        "eval.agent.max_turns=2",
+    ]
+    overrides = [a for s in sets for a in ("--set", s)]
+
+    def mem1(*argv: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mem1_core.cli", *argv],
+            env={**env, **(extra_env or {})},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        return proc
+
+    ev = tmp_path / "eval"
+    out = mem1(
+        "eval",
+        "--data-dir",
+        str(assets["data"]),
+        "--model",
+        str(assets["model_a"]),
+        "--out",
+        str(ev),
+        *overrides,
+    )
+    assert "| 2 | mem1 |" in out.stdout and (ev / "em_vs_objectives.png").is_file()
+    out = mem1(
+        "register",
+        "--model",
+        str(assets["model_a"]),
+        "--eval-dir",
+        str(ev),
+        "--data-dir",
+        str(assets["data"]),
+        *overrides,
+    )
+    assert "mem1-agent v1 (new version)" in out.stdout
+    # the untrained model scores EM 0, which does not beat the floor: candidate only, no champion
+    assert "not promoted" in out.stdout
+    uri = f"sqlite:///{run_dir.resolve()}/mlflow.db"
+    out = mem1(
+        "agent",
+        "--model",
+        "models:/mem1-agent@candidate",
+        "--question",
+        QUESTIONS[0][0],
+        "--question",
+        QUESTIONS[0][1],
+        "--json",
+        extra_env={"MLFLOW_TRACKING_URI": uri},
+    )
+    result = json.loads(out.stdout[out.stdout.index("{") :])
+    assert result["n_turns"] >= 1 and result["peak_tokens"] > 0
+    cli_agent = AgentConfig(temperature=0.0, max_new_tokens=8, max_turns=2)
+    want = answers_before_registration(assets["model_a"], assets["data"], cli_agent)[0]
+    assert result["trajectory"] == want["trajectory"] and result["answer"] == want["answer"]
