@@ -50,7 +50,7 @@ def test_whole_pipeline_locally(
     assert any(k.startswith("em.n1.mem1") for k in by_name["evaluate"].data.metrics)
 
     versions = client.search_model_versions("name='mem1-agent-e2e'")
-    assert [v.version for v in versions] == ["1"]
+    assert [str(v.version) for v in versions] == ["1"]
     assert "candidate" in client.get_model_version("mem1-agent-e2e", "1").aliases
 
     html = list((run_dir / "kfp").rglob("plots"))
