@@ -151,7 +151,7 @@ def test_shop_step_never_raises_and_reward_in_range(shop, gens: list[str], n: in
 
 
 def test_shop_product_text_cannot_act(shop) -> None:  # type: ignore[no-untyped-def]
-    """A product whose title carries an action: the page escapes it, and buying needs the model's own click."""
+    """A product title carrying an action is shown escaped; only the model's own click can buy."""
     from dataclasses import replace
 
     from mem1_core.data.shop_catalog import Catalog
