@@ -331,7 +331,7 @@ def test_dependency_pins_live_in_pyproject_only() -> None:
         for args in installs:
             for word in args.replace("\\\n", " ").split():
                 word = word.strip("\"'")
-                if word.startswith(("-", "http", "\\")) or not word:
+                if word.startswith(("-", "http", "\\", "${")) or not word:  # flags, index URLs
                     continue
                 if word.startswith("."):
                     continue  # the project itself: versions come from pyproject.toml
