@@ -104,14 +104,6 @@ def examples_from_trajectories(
     return examples, skipped
 
 
-def tokenizer_texts(tasks: list[Task], corpus: list[Document], extra: list[str], max_turns: int) -> list[str]:
-    from mem1_core.agent.tags import qa_prompt
-
-    texts = [d.contents for d in corpus]
-    texts += [qa_prompt(t.questions, max_turns) for t in tasks]
-    return texts + extra
-
-
 def _build_tiny(
     cfg: SFTConfig, tasks: list[Task], corpus: list[Document], env_factory: Callable[[Task], Any]
 ) -> tuple[Any, Any, list[Trajectory]]:
@@ -119,8 +111,7 @@ def _build_tiny(
     from mem1_core import models
 
     grammar = DEFAULT_GRAMMAR
-    turns = cfg.agent.turns_for(max(t.n_objectives for t in tasks))
-    base_texts = tokenizer_texts(tasks, corpus, [], turns)
+    base_texts = list(models.tokenizer_texts(tasks, corpus, grammar))
     provisional = models.train_tokenizer(base_texts, cfg.model.tiny.vocab_size, grammar)
     first = oracle_trajectories(tasks, env_factory, provisional, cfg.agent, grammar)
     teacher_text = [x for tr in first for turn in tr.turns for x in (turn.output_text, turn.observation)]
