@@ -172,3 +172,8 @@ def test_random_seed_isolation() -> None:
     r2 = random.Random(0)
     checkpoint.restore_rng(state, r2)
     assert r2.random() == first
+
+
+def test_flex_training_on_cpu_is_refused_clearly(data_dir: Path, model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no CPU backward"):
+        ppo.PPOTrainer(small_ppo(attention="flex"), data_dir, model_dir, tmp_path)

@@ -11,8 +11,9 @@ the reference implementation's bug. Dense costs O(L^2) memory.
 
 Flex: a BlockMask from `create_block_mask` with a mask_mod reading segment/episode ids; it never
 materialises L x L, and fully masked blocks are skipped. Needs a model running
-attn_implementation="flex_attention" (`use_backend` switches it). Works on CPU in torch 2.13
-(compiled via inductor, slow to compile), so "auto" picks flex on CUDA and dense on CPU.
+attn_implementation="flex_attention" (`use_backend` switches it). In torch 2.13 its forward runs on
+CPU (compiled via inductor, slow to compile; tested here) but its backward does not
+("FlexAttention does not support backward on CPU"), so "auto" picks flex on CUDA and dense on CPU.
 """
 
 from __future__ import annotations

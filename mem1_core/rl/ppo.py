@@ -105,6 +105,11 @@ class PPOTrainer:
         corpus = load_corpus(Path(data_dir))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.backend: AttentionBackend = resolve_backend(cfg.attention, self.device)
+        if self.backend == "flex" and self.device.type == "cpu":
+            raise ValueError(
+                "ppo.attention 'flex' needs a GPU for training: FlexAttention has no CPU backward in "
+                "torch 2.13 (its CPU forward is fine for scoring); use 'dense' or 'auto' on CPU"
+            )
         self.grammar = models.load_grammar(model_dir)
         actor, self.tokenizer = models.load_model(model_dir, ModelConfig())
         self.actor = actor.to(self.device)
