@@ -66,6 +66,10 @@ def oracle_trajectories(
 
 def read_trajectories(path: Path) -> list[Trajectory]:
     """Trajectories from a jsonl file (one Trajectory.to_json() per line); errors name the line."""
+    from mem1_core.data.sources import DataError
+
+    if not Path(path).is_file():
+        raise DataError(f"{path}: teacher trajectories file not found")
     out = []
     with Path(path).open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
@@ -74,9 +78,9 @@ def read_trajectories(path: Path) -> list[Trajectory]:
             try:
                 out.append(Trajectory.from_dict(json.loads(line)))
             except (json.JSONDecodeError, TypeError, KeyError) as e:
-                raise ValueError(f"{path}:{line_no}: not a trajectory record: {e}") from None
+                raise DataError(f"{path}:{line_no}: not a trajectory record: {e}") from None
     if not out:
-        raise ValueError(f"{path}: no trajectories")
+        raise DataError(f"{path}: no trajectories")
     return out
 
 
@@ -194,10 +198,10 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
     import torch
 
     from mem1_core import models
+    from mem1_core.config import ConfigError
     from mem1_core.data.compose import load_corpus, load_tasks
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     tasks = load_tasks(data_dir, "train")
@@ -207,7 +211,7 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
 
     if cfg.teacher_trajectories:
         if cfg.model.base_model == "tiny":
-            raise ValueError(
+            raise ConfigError(
                 "sft.teacher_trajectories needs a real base_model: their token ids must come from that "
                 "model's tokenizer, and a 'tiny' tokenizer is trained here"
             )
@@ -227,7 +231,8 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
     vocab = model.get_input_embeddings().weight.shape[0]
     examples, skipped = examples_from_trajectories(trajs, cfg.max_seq_len, vocab)
     if not examples:
-        raise ValueError(f"no SFT examples: {skipped} turns were longer than max_seq_len {cfg.max_seq_len}")
+        n, limit = skipped, cfg.max_seq_len
+        raise ConfigError(f"no SFT examples: {n} turns were longer than sft.max_seq_len {limit}")
     teacher_reward = sum(t.reward for t in trajs) / len(trajs)
     summary = {
         "trajectories": len(trajs),
@@ -241,6 +246,7 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
     if log:
         log({f"sft/data_{k}": float(v) for k, v in summary.items()}, 0)
 
+    out_dir.mkdir(parents=True, exist_ok=True)  # only now: input that fails the checks above writes nothing
     model.train()
     trainer = build_trainer(cfg, model, tokenizer, examples, out_dir, log)
     result = trainer.train()
