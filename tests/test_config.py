@@ -9,8 +9,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_presets_load() -> None:
     cfg = load_config(REPO / "configs" / "local-tiny.yaml")
-    assert cfg.compose.train_objectives == [2]
     assert cfg.sft.model.base_model == "tiny"
+    paper = load_config(REPO / "configs" / "qwen2.5-7b.yaml")
+    assert paper.sft.model.base_model == "Qwen/Qwen2.5-7B"
+    assert paper.compose.train_objectives == [2]
+    assert (paper.ppo.actor_lr, paper.ppo.critic_lr, paper.ppo.kl_coef) == (1e-6, 1e-5, 0.001)
+    assert (REPO / paper.ppo.deepspeed_config).is_file()
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_preset_validates(preset: str) -> None:
+    load_config(REPO / "configs" / preset)
 
 
 def test_errors_name_file_line_and_field(tmp_path: Path) -> None:
