@@ -45,7 +45,7 @@ def test_missing_and_non_mapping_files(tmp_path: Path) -> None:
 def test_overrides_are_validated(tmp_path: Path) -> None:
     cfg = load_config(REPO / "configs" / "local-tiny.yaml", {"ppo.steps": 3})
     assert cfg.ppo.steps == 3
-    with pytest.raises(ConfigError, match="ppo.steps"):
+    with pytest.raises(ConfigError, match=r"ppo\.steps"):
         load_config(REPO / "configs" / "local-tiny.yaml", {"ppo.steps": -1})
 
 
