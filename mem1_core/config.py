@@ -61,9 +61,31 @@ class SourceSpec(StrictModel):
         return self
 
 
-class ComposeConfig(StrictModel):
-    """compose_dataset: N-objective tasks from single questions, plus the retrieval corpus."""
+class ShopComposeConfig(StrictModel):
+    """The shop domain's data: the seeded catalogue, or real WebShop products and goals from local files."""
 
+    seed: int = 0
+    n_products: int = Field(240, ge=4, description="size of the seeded synthetic catalogue")
+    products_path: str | None = Field(None, description="WebShop products file (json list or jsonl)")
+    goals_path: str | None = Field(None, description="WebShop goals/instructions file; needs products_path")
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="share of target products held out for eval")
+
+    @model_validator(mode="after")
+    def _goals_need_products(self) -> ShopComposeConfig:
+        if self.goals_path and not self.products_path:
+            raise ValueError("shop.goals_path needs shop.products_path (goals name products by asin)")
+        return self
+
+
+class ComposeConfig(StrictModel):
+    """compose_dataset: N-objective tasks from single questions, plus the retrieval corpus.
+
+    `domain` picks the task family: "qa" composes questions from `sources`; "shop" composes purchase
+    instructions over the `shop` catalogue. PipelineConfig keeps it equal to the pipeline's domain.
+    """
+
+    domain: Literal["qa", "shop"] = "qa"
+    shop: ShopComposeConfig = Field(default_factory=ShopComposeConfig)
     sources: list[SourceSpec] = Field(default_factory=lambda: [SourceSpec()])
     world: WorldConfig = Field(default_factory=WorldConfig)
     corpus_path: str | None = Field(None, description="corpus jsonl {id,title,contents} for real sources")
@@ -107,7 +129,9 @@ class AgentConfig(StrictModel):
     """How an episode runs: memory mode, turn budget and sampling."""
 
     mode: str = Field("mem1", description="mem1 | full | truncate:K")
-    max_turns: int | None = Field(None, ge=1, description="default: 2 * objectives + 2")
+    max_turns: int | None = Field(
+        None, ge=1, description="default: per domain (envs.domains.default_turns): QA 2n+2, shop 7n+2"
+    )
     max_new_tokens: int = Field(96, ge=1)
     topk: int = Field(3, ge=1)
     temperature: float = Field(1.0, ge=0.0, description="0 = greedy")
@@ -222,6 +246,30 @@ class PipelineConfig(StrictModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     registry: RegisterConfig = Field(default_factory=RegisterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_domain(cls, data: Any) -> Any:
+        """The pipeline's `domain` is compose's `domain` (the data dir's manifest carries it on to the
+        other steps); giving both with different values is an error, giving one sets the other."""
+        if not isinstance(data, dict):
+            return data
+        compose = data.get("compose")
+        inner = compose.get("domain") if isinstance(compose, dict) else None
+        if isinstance(compose, ComposeConfig) and "domain" in compose.model_fields_set:
+            inner = compose.domain
+        outer = data.get("domain")
+        if outer is not None and inner is not None and outer != inner:
+            raise ValueError(f"domain {outer!r} and compose.domain {inner!r} disagree; set only 'domain'")
+        value = outer if outer is not None else inner
+        if value is None:
+            return data
+        data = {**data, "domain": value}
+        if isinstance(compose, ComposeConfig):
+            data["compose"] = compose.model_copy(update={"domain": value})
+        elif compose is None or isinstance(compose, dict):
+            data["compose"] = {**(compose or {}), "domain": value}
+        return data
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
