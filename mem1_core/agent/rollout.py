@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tqdm import tqdm
 
@@ -44,6 +45,16 @@ def build_context(
         ids.extend(out_ids)
         ids.extend(obs_ids)
     return ids
+
+
+def final_info_metrics(info: dict[str, Any]) -> dict[str, float]:
+    """The final step's numeric info as `env_<key>` (e.g. the shop's success rate `env_em`), so domain
+    scores the trajectory fields do not carry survive into evaluation."""
+    return {
+        f"env_{k}": float(v)
+        for k, v in info.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 @dataclass
@@ -127,6 +138,7 @@ def run_episodes(
                 traj.reward = float(result.reward)
                 traj.format_error = turn.format_error
                 traj.predictions = [str(p) for p in result.info.get("predictions", [])]
+                traj.metrics.update(final_info_metrics(result.info))
                 bar.update()
             else:
                 ep.history.append((list(out.ids), policy.encode(result.observation)))

@@ -26,6 +26,7 @@ from mem1_core.eval.answers import normalize_answer
 
 SPLITS = ("train", "eval")
 DATA_FILES = ("train.parquet", "eval.parquet", "corpus.jsonl")
+SHOP_FILE = "products.jsonl"  # the shop domain's catalogue (WebShop layout); envs.domains reads it
 
 
 @dataclass
@@ -174,38 +175,90 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def compose_shop(cfg: ComposeConfig) -> tuple[Any, list[Task], list[Task], int]:
+    """(catalogue, train tasks, eval tasks, number of goals) for the shop domain, deterministic in the
+    seeds. Real WebShop files when `cfg.shop.products_path` is set, else the seeded catalogue; eval
+    instructions target products never bought in training."""
+    from mem1_core.data import shop_catalog as sc
+
+    shop = cfg.shop
+    try:
+        if shop.products_path:
+            catalog = sc.load_catalog(Path(shop.products_path))
+        else:
+            catalog = sc.build_catalog(seed=shop.seed, n_products=shop.n_products)
+        if shop.goals_path:
+            goals = sc.load_goals(Path(shop.goals_path), catalog)
+            if not goals:
+                raise DataError(f"{shop.goals_path}: no goal matches a product of {shop.products_path}")
+            train_goals, eval_goals = sc.split_goals(goals, shop.eval_fraction, seed=shop.seed)
+        else:
+            train_asins, eval_asins = sc.split_asins(catalog, shop.eval_fraction, seed=shop.seed)
+            n_train = max(len(train_asins), max(cfg.train_objectives))
+            n_eval = max(len(eval_asins), max(cfg.eval_objectives))
+            train_goals = sc.make_goals(catalog, n_train, seed=shop.seed, asins=train_asins)
+            eval_goals = sc.make_goals(catalog, n_eval, seed=shop.seed + 1, asins=eval_asins)
+        train, evals = sc.compose_shop_tasks(
+            train_goals,
+            eval_goals,
+            cfg.train_objectives,
+            cfg.eval_objectives,
+            cfg.n_train_tasks,
+            cfg.n_eval_tasks,
+            seed=cfg.seed,
+        )
+    except (sc.ShopDataError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"compose (domain shop): {e}") from None
+    return catalog, train, evals, len(train_goals) + len(eval_goals)
+
+
 def run(cfg: ComposeConfig, out_dir: Path) -> ComposeResult:
     """Compose tasks and corpus into `out_dir` (created if needed) and write the manifest."""
     out_dir = Path(out_dir)
-    items, docs = collect_items(cfg)
-    train, evals = compose_tasks(items, cfg)
+    catalog: Any = None
+    if cfg.domain == "shop":
+        catalog, train, evals, n_questions = compose_shop(cfg)
+        docs = catalog.documents()
+        sources = {catalog.source if cfg.shop.products_path else "synthetic-shop": n_questions}
+    else:
+        items, docs = collect_items(cfg)
+        train, evals = compose_tasks(items, cfg)
+        n_questions = len(items)
+        sources = {s: sum(i.source == s for i in items) for s in sorted({i.source for i in items})}
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are valid: a failed run writes nothing
     _write_tasks(train, out_dir / "train.parquet")
     _write_tasks(evals, out_dir / "eval.parquet")
     _write_corpus(docs, out_dir / "corpus.jsonl")
+    names = list(DATA_FILES)
+    if catalog is not None:
+        catalog.save(out_dir / SHOP_FILE)
+        names.append(SHOP_FILE)
 
-    files = {name: _sha256(out_dir / name) for name in DATA_FILES}
+    files = {name: _sha256(out_dir / name) for name in names}
     dataset_hash = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in files.items()).encode()).hexdigest()
     train_q = {o.question for t in train for o in t.objectives}
     eval_q = {o.question for t in evals for o in t.objectives}
     per_n = {str(n): sum(t.n_objectives == n for t in evals) for n in cfg.eval_objectives}
     manifest = {
+        "domain": cfg.domain,
         "counts": {
             "train_tasks": len(train),
             "eval_tasks": len(evals),
             "eval_tasks_per_objective": per_n,
-            "questions": len(items),
+            "questions": n_questions,
             "train_questions": len(train_q),
             "eval_questions": len(eval_q),
             "documents": len(docs),
-            "sources": {s: sum(i.source == s for i in items) for s in sorted({i.source for i in items})},
+            "sources": sources,
         },
         "config": cfg.model_dump(mode="json"),
         "files": files,
         "dataset_hash": dataset_hash,
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return ComposeResult(out_dir, len(train), len(evals), len(items), len(docs), dataset_hash, manifest)
+    return ComposeResult(out_dir, len(train), len(evals), n_questions, len(docs), dataset_hash, manifest)
 
 
 def load_tasks(data_dir: Path, split: str) -> list[Task]:

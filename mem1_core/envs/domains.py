@@ -1,0 +1,158 @@
+"""One place that maps a task domain ("qa", "shop") to its environment, teacher, turn budget and texts.
+
+Training, evaluation, the rollout CLI and the registered agent all go through here, so a second
+domain needs no fork of the trainers: they read the data dir's domain (manifest.json "domain"; a
+manifest without it is QA) and ask this module for the pieces. QA keeps exactly its old behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from mem1_core.agent.tags import DEFAULT_GRAMMAR, TagGrammar
+from mem1_core.config import AgentConfig
+from mem1_core.data.compose import SHOP_FILE
+from mem1_core.data.types import Document, Task
+
+DOMAINS = ("qa", "shop")
+PRODUCTS_FILE = SHOP_FILE
+
+
+def check_domain(domain: str) -> str:
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}: use one of {', '.join(DOMAINS)}")
+    return domain
+
+
+def domain_of(data_dir: Path) -> str:
+    """The domain a composed data dir holds: manifest.json's "domain", "qa" when absent (older dirs)."""
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        return "qa"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        from mem1_core.data.sources import DataError
+
+        raise DataError(f"{path}: not valid JSON: {e}") from None
+    value = manifest.get("domain", "qa") if isinstance(manifest, dict) else "qa"
+    try:
+        return check_domain(str(value))
+    except ValueError as e:
+        from mem1_core.data.sources import DataError
+
+        raise DataError(f"{path}: field 'domain': {e}") from None
+
+
+def default_turns(domain: str, n_objectives: int) -> int:
+    """Turn budget when AgentConfig.max_turns is unset: QA 2n+2 (search, answer); shop 7n+2."""
+    if check_domain(domain) == "shop":
+        from mem1_core.envs.shop import default_max_turns
+
+        return default_max_turns(n_objectives)
+    return 2 * n_objectives + 2
+
+
+def turns_for(domain: str, agent_cfg: AgentConfig, n_objectives: int) -> int:
+    """The configured budget, else the domain's default."""
+    return agent_cfg.max_turns if agent_cfg.max_turns is not None else default_turns(domain, n_objectives)
+
+
+def load_shop_catalog(data_dir: Path, backend: Any = None) -> Any:
+    """The data dir's products.jsonl as a Catalog; `backend` (e.g. a RetrievalClient) replaces BM25."""
+    from mem1_core.data.shop_catalog import load_catalog
+
+    path = Path(data_dir) / PRODUCTS_FILE
+    if not path.is_file():
+        from mem1_core.data.sources import DataError
+
+        raise DataError(f"{path}: not found; a shop data dir needs it (run `mem1 compose` with domain shop)")
+    catalog = load_catalog(path)
+    if backend is not None:
+        catalog._backend = backend
+    return catalog
+
+
+def env_factory_for(
+    domain: str,
+    data_dir: Path | None,
+    agent_cfg: AgentConfig,
+    grammar: TagGrammar = DEFAULT_GRAMMAR,
+    backend: Any = None,
+    corpus: list[Document] | None = None,
+    catalog: Any = None,
+) -> Callable[[Task], Any]:
+    """The env_factory run_episodes takes. QA: BM25 over the corpus (or `backend`); shop: the catalogue
+    (products.jsonl, or `catalog`), searched by BM25 or `backend`. `corpus` skips re-reading corpus.jsonl."""
+    if check_domain(domain) == "shop":
+        from mem1_core.envs.shop import make_shop_env_factory
+
+        if catalog is None:
+            if data_dir is None:
+                raise ValueError("a shop environment needs a data dir with products.jsonl, or a catalog")
+            catalog = load_shop_catalog(Path(data_dir), backend)
+        return make_shop_env_factory(catalog, grammar, max_turns=lambda n: turns_for("shop", agent_cfg, n))
+
+    from mem1_core.envs.qa import QAEnvironment
+
+    if backend is None:
+        from mem1_core.envs.retrieval import BM25Backend
+
+        if corpus is None:
+            if data_dir is None:
+                raise ValueError("a QA environment needs a data dir with corpus.jsonl, or a backend")
+            from mem1_core.data.compose import load_corpus
+
+            corpus = load_corpus(Path(data_dir))
+        backend = BM25Backend(corpus)
+
+    def factory(task: Task) -> QAEnvironment:
+        return QAEnvironment(
+            task,
+            backend,
+            grammar=grammar,
+            max_turns=agent_cfg.turns_for(task.n_objectives),
+            topk=agent_cfg.topk,
+        )
+
+    return factory
+
+
+def teacher_for(domain: str, tokenizer: Any, grammar: TagGrammar = DEFAULT_GRAMMAR) -> Any:
+    """The scripted oracle teacher of a domain (a Policy that reads gold data from the task)."""
+    if check_domain(domain) == "shop":
+        from mem1_core.agent.shop_oracle import ShopOracleTeacher
+
+        return ShopOracleTeacher(tokenizer, grammar)
+    from mem1_core.agent.policy import OracleTeacher
+
+    return OracleTeacher(tokenizer, grammar)
+
+
+def tokenizer_texts(
+    domain: str, tasks: Sequence[Task], documents: Sequence[Document], grammar: TagGrammar = DEFAULT_GRAMMAR
+) -> Iterator[str]:
+    """What a tiny model's tokenizer is trained on: the domain's documents and task prompts."""
+    from mem1_core import models
+
+    if check_domain(domain) != "shop":
+        yield from models.tokenizer_texts(tasks, documents, grammar)
+        return
+    from mem1_core.envs.shop import shop_prompt
+
+    for doc in documents:
+        yield doc.contents
+    for task in tasks:
+        yield shop_prompt(task.questions, default_turns("shop", task.n_objectives), grammar)
+
+
+def summary_extras(domain: str, trajectories: Sequence[Any]) -> dict[str, float]:
+    """Domain metrics beside eval.metrics.summarize. Shop: WebShop's success rate (share of instructions
+    scoring 1.0, the final step's info["em"], kept by the rollout as metrics["env_em"])."""
+    if check_domain(domain) != "shop" or not trajectories:
+        return {}
+    wins = sum(float(t.metrics.get("env_em", 0.0)) for t in trajectories)
+    return {"success_rate": wins / len(trajectories)}
