@@ -22,11 +22,13 @@ def _critic(lm: torch.nn.Module) -> Critic:
     return critic
 
 
-def _check_equivalence(lm, trajs, backend: str, pack: bool) -> float:
+def _check_equivalence(lm, trajs, backend: str, pack: bool, contiguous_positions: bool = False) -> float:
     critic = _critic(lm)
     refs = [reference_per_turn(lm, critic.head, t) for t in trajs]
     seqs = [stitch(t) for t in trajs]
     batch = collate(seqs, pad_id=PAD, pack=pack, max_len=4096)
+    if contiguous_positions:  # the reference implementation's approximation
+        batch.position_ids = torch.arange(batch.shape[1]).expand(batch.shape[0], -1).clone()
     with torch.no_grad():
         lp, _ = actor_logprobs(lm, batch, backend)
         values = critic(batch, backend)
@@ -52,6 +54,15 @@ def test_dense_stitched_pass_equals_per_turn_runs(attn: str, mode: str) -> None:
     assert worst < TOL, f"max abs diff {worst}"
     worst_packed = _check_equivalence(lm, trajs, "dense", pack=True)
     assert worst_packed < TOL, f"packed: max abs diff {worst_packed}"
+
+
+def test_contiguous_positions_are_detectably_wrong() -> None:
+    """The paper's contiguous position ids are an approximation; the equivalence check must see it."""
+    rng = random.Random(3)
+    lm = tiny_lm("eager")
+    trajs = [random_trajectory(rng, "mem1", n, task_id=f"c-{n}") for n in (3, 5, 8)]
+    assert _check_equivalence(lm, trajs, "dense", pack=False) < TOL
+    assert _check_equivalence(lm, trajs, "dense", pack=False, contiguous_positions=True) > 100 * TOL
 
 
 def test_flex_stitched_pass_equals_per_turn_runs() -> None:
