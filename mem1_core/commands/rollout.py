@@ -1,10 +1,11 @@
-"""`mem1 rollout`: run a model (or the scripted oracle) on composed QA tasks and print its metrics.
+"""`mem1 rollout`: run a model (or the scripted oracle) on composed tasks and print its metrics.
 
 Examples:
   mem1 rollout --model oracle --mode full --objectives 8 --n-tasks 4 --out runs/traj.jsonl
   mem1 rollout --model runs/sft/model --data-dir runs/data --mode mem1 --objectives 2
 Without --data-dir a small synthetic set is composed on the fly (from --config's compose section when
-given). Trajectories, with their per-trajectory metrics, are written as jsonl.
+given). The domain (QA or shop) is the data dir's, as its manifest says; --domain picks it for the
+composed-on-the-fly set. Trajectories, with their per-trajectory metrics, are written as jsonl.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retrieval-url", default=None, help="retrieval server (default: in-process BM25)")
     parser.add_argument("--tokenizer", default=None, help="oracle only: count tokens with this model's")
     parser.add_argument("--out", default=None, help="trajectories jsonl")
+    parser.add_argument(
+        "--domain", default=None, choices=["qa", "shop"], help="without --data-dir: default the config's"
+    )
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -48,7 +52,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
-    from mem1_core.agent.policy import HFPolicy, OracleTeacher
+    from mem1_core.agent.policy import HFPolicy
     from mem1_core.agent.rollout import run_episodes
     from mem1_core.config import (
         AgentConfig,
@@ -59,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
         parse_mode,
     )
     from mem1_core.data import compose
-    from mem1_core.envs.qa import QAEnvironment
+    from mem1_core.envs import domains
     from mem1_core.eval.metrics import annotate, summarize
-    from mem1_core.models import load_grammar, load_model, tokenizer_texts, train_tokenizer
+    from mem1_core.models import load_grammar, load_model, train_tokenizer
 
     cfg = load_config(args.config) if args.config else PipelineConfig()
     if args.objectives < 1 or args.n_tasks < 1:
@@ -87,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
                     "train_objectives": [args.objectives],
                     "n_eval_tasks": args.n_tasks,
                     "n_train_tasks": args.n_tasks,
+                    "domain": args.domain or cfg.compose.domain,
                 }
             )
             print(f"composing {args.n_tasks} synthetic {args.objectives}-objective tasks into {data_dir}")
@@ -99,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         tasks = tasks[: args.n_tasks]
         documents = compose.load_corpus(data_dir)
+        domain = domains.domain_of(data_dir)
 
         if args.model == "oracle":
             if args.tokenizer:
@@ -106,32 +112,28 @@ def run(args: argparse.Namespace) -> int:
                 grammar = load_grammar(args.tokenizer)
             else:
                 grammar = load_grammar(data_dir)  # default grammar
-                texts = tokenizer_texts(compose.load_tasks(data_dir, "train"), documents, grammar)
+                train = compose.load_tasks(data_dir, "train")
+                texts = domains.tokenizer_texts(domain, train, documents, grammar)
                 tokenizer = train_tokenizer(texts, cfg.sft.model.tiny.vocab_size, grammar)
-            policy: Any = OracleTeacher(tokenizer, grammar)
+            policy: Any = domains.teacher_for(domain, tokenizer, grammar)
         else:
             model, tokenizer = load_model(args.model, cfg.sft.model)
             grammar = load_grammar(args.model)
             policy = HFPolicy(model, tokenizer, agent.temperature, agent.batch_size,
                               cfg.sft.model.use_chat_template, seed=args.seed)  # fmt: skip
 
+        backend: Any = None
         if args.retrieval_url:
             from mem1_core.envs.server import RetrievalClient
 
-            backend: Any = RetrievalClient(args.retrieval_url)
-        else:
-            from mem1_core.envs.retrieval import BM25Backend
-
-            backend = BM25Backend(documents)
-
-        def env_factory(task):  # type: ignore[no-untyped-def]
-            turns = agent.turns_for(task.n_objectives)
-            return QAEnvironment(task, backend, grammar, max_turns=turns, topk=agent.topk)
-
+            backend = RetrievalClient(args.retrieval_url)
+        env_factory = domains.env_factory_for(domain, data_dir, agent, grammar, backend, corpus=documents)
         trajectories = annotate(run_episodes(tasks, env_factory, policy, agent))
 
-    summary = summarize(trajectories)
+    summary = {**summarize(trajectories), **domains.summary_extras(domain, trajectories)}
     print(format_table([{"mode": agent.mode, "n": args.objectives, **summary}]))
+    if domain == "shop":
+        print(f"shop: reward {summary['reward']:.3f}  success rate {summary['success_rate']:.3f}")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,12 @@
 """The evaluation grid: held-out tasks x objective counts x memory modes, as tables, plots and samples.
 
-Each cell (objectives, mode) runs its tasks through the same batched rollout loop as training,
-with BM25 over the data dir's corpus, a model dir's HFPolicy (or the scripted oracle for
-`model_dir == "oracle"`), and summarises the trajectories with eval.metrics. Writes into out_dir:
+Each cell (objectives, mode) runs its tasks through the same batched rollout loop as training, in
+the data dir's domain (envs.domains: QA with BM25 over the corpus, or the shop catalogue), with a
+model dir's HFPolicy (or the domain's scripted oracle for `model_dir == "oracle"`), and summarises
+the trajectories with eval.metrics. Writes into out_dir:
 metrics.json (config, grid rows, skipped cells), table.md, report.html, trajectories.jsonl (a few
-sample episodes per cell) and the PNG plots of eval.plots.
+sample episodes per cell) and the PNG plots of eval.plots. Shop rows also carry `success_rate` (share
+of instructions scoring 1.0); there `reward` is WebShop's score and `em` means "target product bought".
 """
 
 from __future__ import annotations
@@ -37,6 +39,24 @@ TABLE_COLUMNS: list[tuple[str, str, str]] = [
     ("turns", "turns", "{:.2f}"),
     ("format_error", "format errors", "{:.2f}"),
 ]
+SHOP_TABLE_COLUMNS: list[tuple[str, str, str]] = [
+    ("objectives", "instructions", "{:d}"),
+    ("mode", "mode", "{}"),
+    ("n_tasks", "tasks", "{:d}"),
+    ("reward", "reward (mean)", "{:.3f}"),
+    ("success_rate", "success rate", "{:.3f}"),
+    ("em", "target bought", "{:.3f}"),
+    ("peak_tokens", "peak tokens", "{:.1f}"),
+    ("dependency_length", "dependency", "{:.1f}"),
+    ("seconds", "s / task", "{:.3f}"),
+    ("turns", "turns", "{:.2f}"),
+    ("format_error", "format errors", "{:.2f}"),
+]
+
+
+def table_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """Shop rows (they carry success_rate) get the shop columns; QA keeps its own."""
+    return SHOP_TABLE_COLUMNS if rows and all("success_rate" in r for r in rows) else TABLE_COLUMNS
 
 
 @dataclass
@@ -72,19 +92,22 @@ def select_tasks(
 
 
 def _build_policy(
-    model_dir: str | Path, data_dir: Path, agent: Any, model_cfg: ModelConfig
+    model_dir: str | Path, data_dir: Path, agent: Any, model_cfg: ModelConfig, domain: str = "qa"
 ) -> tuple[Any, Any]:
-    """(policy, grammar): HFPolicy for a model dir or hub id; the oracle teacher for 'oracle'."""
-    from mem1_core.agent.policy import HFPolicy, OracleTeacher
-    from mem1_core.models import load_grammar, load_model, tokenizer_texts, train_tokenizer
+    """(policy, grammar): HFPolicy for a model dir or hub id; the domain's oracle teacher for 'oracle'."""
+    from mem1_core.agent.policy import HFPolicy
+    from mem1_core.envs import domains
+    from mem1_core.models import load_grammar, load_model, train_tokenizer
 
     if str(model_dir) == ORACLE:
         from mem1_core.data import compose
 
         grammar = load_grammar(data_dir)
-        texts = tokenizer_texts(compose.load_tasks(data_dir, "train"), compose.load_corpus(data_dir), grammar)
+        texts = domains.tokenizer_texts(
+            domain, compose.load_tasks(data_dir, "train"), compose.load_corpus(data_dir), grammar
+        )
         tokenizer = train_tokenizer(texts, model_cfg.tiny.vocab_size, grammar)
-        return OracleTeacher(tokenizer, grammar), grammar
+        return domains.teacher_for(domain, tokenizer, grammar), grammar
     model, tokenizer = load_model(model_dir, model_cfg)
     grammar = load_grammar(model_dir)
     policy = HFPolicy(
@@ -104,7 +127,7 @@ def run(
     """Evaluate `model_dir` (or "oracle") over cfg.objectives x cfg.modes on the eval split."""
     from mem1_core.agent.rollout import run_episodes
     from mem1_core.data import compose
-    from mem1_core.envs.qa import QAEnvironment
+    from mem1_core.envs import domains
     from mem1_core.eval.metrics import annotate, summarize
     from mem1_core.eval.plots import grid_plots
 
@@ -121,29 +144,30 @@ def run(
     if not chosen:
         raise ValueError(f"{data_dir}/eval.parquet has none of the objective counts {cfg.objectives}")
     manifest = compose.load_manifest(data_dir)
+    domain = domains.domain_of(data_dir)
 
+    backend: Any = None
     if retrieval_url:
         from mem1_core.envs.server import RetrievalClient
 
-        backend: Any = RetrievalClient(retrieval_url)
-    else:
+        backend = RetrievalClient(retrieval_url)
+    elif domain == "qa":
         from mem1_core.envs.retrieval import BM25Backend
 
-        backend = BM25Backend(compose.load_corpus(data_dir))
-    policy, grammar = _build_policy(model_dir, data_dir, cfg.agent, model_cfg)
+        backend = BM25Backend(compose.load_corpus(data_dir))  # one index shared by every cell
+    catalog = domains.load_shop_catalog(data_dir, backend) if domain == "shop" else None
+    policy, grammar = _build_policy(model_dir, data_dir, cfg.agent, model_cfg, domain)
 
     rows: list[dict[str, Any]] = []
     samples: list[str] = []
     for mode in cfg.modes:
         agent = cfg.agent.model_copy(update={"mode": mode})
         for n, tasks in chosen.items():
-
-            def env_factory(task: Any, _agent: Any = agent) -> Any:
-                turns = _agent.turns_for(task.n_objectives)
-                return QAEnvironment(task, backend, grammar, max_turns=turns, topk=_agent.topk)
-
+            env_factory = domains.env_factory_for(
+                domain, data_dir, agent, grammar, backend=backend, catalog=catalog
+            )
             trajectories = annotate(run_episodes(tasks, env_factory, policy, agent, mode=mode))
-            summary = summarize(trajectories)
+            summary = {**summarize(trajectories), **domains.summary_extras(domain, trajectories)}
             rows.append({"objectives": n, "mode": mode, "n_tasks": len(tasks), **summary})
             samples.extend(t.to_json() for t in trajectories[:SAMPLES_PER_CELL])
 
@@ -162,6 +186,7 @@ def run(
         "model": str(model_dir),
         "data_dir": str(data_dir),
         "dataset_hash": manifest.get("dataset_hash"),
+        "domain": domain,
         "grid": rows,
         "skipped": skipped,
         "seconds_total": seconds,
@@ -175,11 +200,12 @@ def run(
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table, one row per (objectives, mode), sorted by objectives then mode order."""
-    header = "| " + " | ".join(h for _, h, _ in TABLE_COLUMNS) + " |"
-    sep = "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|"
+    columns = table_columns(rows)
+    header = "| " + " | ".join(h for _, h, _ in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
     lines = [header, sep]
     for r in sorted(rows, key=lambda r: r["objectives"]):
-        cells = [fmt.format(int(r[k]) if fmt == "{:d}" else r[k]) for k, _, fmt in TABLE_COLUMNS]
+        cells = [fmt.format(int(r[k]) if fmt == "{:d}" else r[k]) for k, _, fmt in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -188,10 +214,11 @@ def html_report(
     rows: list[dict[str, Any]], skipped: list[dict[str, Any]], plots: list[Path], model: str
 ) -> str:
     """A self-contained HTML page: the table and the plots inlined as base64 PNGs."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in TABLE_COLUMNS)
+    columns = table_columns(rows)
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in columns)
     body = []
     for r in sorted(rows, key=lambda r: r["objectives"]):
-        cells = [fmt.format(int(r[k]) if fmt == "{:d}" else r[k]) for k, _, fmt in TABLE_COLUMNS]
+        cells = [fmt.format(int(r[k]) if fmt == "{:d}" else r[k]) for k, _, fmt in columns]
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     notes = "".join(f"<li>{html.escape(s['reason'])}</li>" for s in skipped)
     images = "".join(

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from mem1_core.config import ModelConfig, PPOConfig
+from mem1_core.envs import domains
 from mem1_core.rl import checkpoint
 from mem1_core.rl.attention import AttentionBackend, resolve_backend
 from mem1_core.rl.trajectory import Batch, StitchedSequence, collate, stitch
@@ -91,7 +92,6 @@ class PPOTrainer:
         from mem1_core import models
         from mem1_core.config import ConfigError
         from mem1_core.data.compose import load_corpus, load_tasks
-        from mem1_core.rl.sft import make_env_factory
 
         self.cfg = cfg
         self.out_dir = Path(out_dir)
@@ -102,7 +102,9 @@ class PPOTrainer:
             raise ConfigError(
                 f"ppo.prompts_per_step {cfg.prompts_per_step} is more than the {len(self.tasks)} train tasks"
             )
+        self.domain = domains.domain_of(Path(data_dir))
         corpus = load_corpus(Path(data_dir))
+        catalog = domains.load_shop_catalog(Path(data_dir)) if self.domain == "shop" else None
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.backend: AttentionBackend = resolve_backend(cfg.attention, self.device)
         if self.backend == "flex" and self.device.type == "cpu":
@@ -125,7 +127,9 @@ class PPOTrainer:
         # and so resume restores their state like everything else.
         self.sched_actor = torch.optim.lr_scheduler.LambdaLR(self.opt_actor, lambda _: 1.0)
         self.sched_critic = torch.optim.lr_scheduler.LambdaLR(self.opt_critic, lambda _: 1.0)
-        self.env_factory = make_env_factory(corpus, cfg.agent, self.grammar)
+        self.env_factory = domains.env_factory_for(
+            self.domain, Path(data_dir), cfg.agent, self.grammar, corpus=corpus, catalog=catalog
+        )
         self.task_rng = random.Random(cfg.seed)
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -318,6 +322,7 @@ class PPOTrainer:
             rollout_tokens_per_s=gen_tokens / rollout_s if rollout_s > 0 else 0.0,
             score_s=score_s,
         )
+        metrics.update(domains.summary_extras(self.domain, trajs))
         return metrics
 
     def train(self, log: LogFn | None = None) -> Path:

@@ -6,10 +6,11 @@ observation), built by the rollout loop from ids, so nothing is re-tokenised bet
 training. The examples go to TRL's SFTTrainer pre-tokenised (`input_ids` + `completion_mask`,
 `completion_only_loss=True`).
 
-Teachers: the scripted OracleTeacher run through agent.rollout on the QA environment (BM25 over the
-composed corpus), or a jsonl of trajectories from any teacher (`cfg.teacher_trajectories`; their ids
-must come from the base model's tokenizer). For base_model "tiny" the tokenizer is trained on the
-corpus, the prompts and the teacher's outputs, and the model is built from the config.
+Teachers: the data dir's domain's scripted teacher (envs.domains: OracleTeacher on the QA environment
+with BM25 over the composed corpus, ShopOracleTeacher on the shop catalogue) run through agent.rollout,
+or a jsonl of trajectories from any teacher (`cfg.teacher_trajectories`; their ids must come from
+the base model's tokenizer). For base_model "tiny" the tokenizer is trained on the corpus, the
+prompts and the teacher's outputs, and the model is built from the config.
 """
 
 from __future__ import annotations
@@ -33,21 +34,9 @@ def make_env_factory(
     corpus: list[Document], agent_cfg: AgentConfig, grammar: TagGrammar = DEFAULT_GRAMMAR
 ) -> Callable[[Task], Any]:
     """QA environments over one shared BM25 index of the corpus."""
-    from mem1_core.envs.qa import QAEnvironment
-    from mem1_core.envs.retrieval import BM25Backend
+    from mem1_core.envs import domains
 
-    backend = BM25Backend(corpus)
-
-    def factory(task: Task) -> QAEnvironment:
-        return QAEnvironment(
-            task,
-            backend,
-            grammar=grammar,
-            max_turns=agent_cfg.turns_for(task.n_objectives),
-            topk=agent_cfg.topk,
-        )
-
-    return factory
+    return domains.env_factory_for("qa", None, agent_cfg, grammar, corpus=corpus)
 
 
 def oracle_trajectories(
@@ -56,11 +45,12 @@ def oracle_trajectories(
     tokenizer: Any,
     agent_cfg: AgentConfig,
     grammar: TagGrammar = DEFAULT_GRAMMAR,
+    domain: str = "qa",
 ) -> list[Trajectory]:
-    from mem1_core.agent.policy import OracleTeacher
     from mem1_core.agent.rollout import run_episodes
+    from mem1_core.envs import domains
 
-    teacher = OracleTeacher(tokenizer, grammar)
+    teacher = domains.teacher_for(domain, tokenizer, grammar)
     return run_episodes(tasks, env_factory, teacher, agent_cfg, mode=agent_cfg.mode)
 
 
@@ -109,19 +99,24 @@ def examples_from_trajectories(
 
 
 def _build_tiny(
-    cfg: SFTConfig, tasks: list[Task], corpus: list[Document], env_factory: Callable[[Task], Any]
+    cfg: SFTConfig,
+    tasks: list[Task],
+    corpus: list[Document],
+    env_factory: Callable[[Task], Any],
+    domain: str = "qa",
 ) -> tuple[Any, Any, list[Trajectory]]:
     """Two passes: a provisional tokenizer to run the teacher, then the final one trained on its outputs."""
     from mem1_core import models
+    from mem1_core.envs import domains
 
     grammar = DEFAULT_GRAMMAR
-    base_texts = list(models.tokenizer_texts(tasks, corpus, grammar))
+    base_texts = list(domains.tokenizer_texts(domain, tasks, corpus, grammar))
     provisional = models.train_tokenizer(base_texts, cfg.model.tiny.vocab_size, grammar)
-    first = oracle_trajectories(tasks, env_factory, provisional, cfg.agent, grammar)
+    first = oracle_trajectories(tasks, env_factory, provisional, cfg.agent, grammar, domain)
     teacher_text = [x for tr in first for turn in tr.turns for x in (turn.output_text, turn.observation)]
     tokenizer = models.train_tokenizer(base_texts + teacher_text, cfg.model.tiny.vocab_size, grammar)
     model = models.build_tiny_model(cfg.model.tiny, tokenizer, seed=cfg.seed)
-    trajs = oracle_trajectories(tasks, env_factory, tokenizer, cfg.agent, grammar)
+    trajs = oracle_trajectories(tasks, env_factory, tokenizer, cfg.agent, grammar, domain)
     return model, tokenizer, trajs
 
 
@@ -200,6 +195,7 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
     from mem1_core import models
     from mem1_core.config import ConfigError
     from mem1_core.data.compose import load_corpus, load_tasks
+    from mem1_core.envs import domains
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     random.seed(cfg.seed)
@@ -219,14 +215,16 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
         grammar = models.load_grammar(cfg.model.base_model)
         trajs = read_trajectories(Path(cfg.teacher_trajectories))
     else:
+        domain = domains.domain_of(data_dir)
         corpus = load_corpus(data_dir)
-        env_factory = make_env_factory(corpus, cfg.agent, grammar)
         if cfg.model.base_model == "tiny":
-            model, tokenizer, trajs = _build_tiny(cfg, tasks, corpus, env_factory)
+            env_factory = domains.env_factory_for(domain, data_dir, cfg.agent, grammar, corpus=corpus)
+            model, tokenizer, trajs = _build_tiny(cfg, tasks, corpus, env_factory, domain)
         else:
             model, tokenizer = models.load_model(cfg.model.base_model, cfg.model)
             grammar = models.load_grammar(cfg.model.base_model)
-            trajs = oracle_trajectories(tasks, env_factory, tokenizer, cfg.agent, grammar)
+            env_factory = domains.env_factory_for(domain, data_dir, cfg.agent, grammar, corpus=corpus)
+            trajs = oracle_trajectories(tasks, env_factory, tokenizer, cfg.agent, grammar, domain)
 
     vocab = model.get_input_embeddings().weight.shape[0]
     examples, skipped = examples_from_trajectories(trajs, cfg.max_seq_len, vocab)
