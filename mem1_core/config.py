@@ -171,6 +171,7 @@ class SFTConfig(StrictModel):
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_seq_len: int = Field(1024, ge=16)
     warmup_ratio: float = Field(0.05, ge=0, le=1)
+    deepspeed_config: str | None = Field(None, description="DeepSpeed JSON for the HF Trainer (CUDA only)")
     seed: int = 0
 
 
