@@ -57,6 +57,8 @@ def merge_config(
         raise ConfigError("pipeline parameter config_json: must be a JSON object of step sections")
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
+    if overrides and "domain" in overrides and "compose.domain" not in overrides:
+        domain = domain or str(overrides["domain"])  # one domain: the compose section follows it
     if base_model:
         _set_dotted(data, "sft.model.base_model", base_model)
     if sources_json.strip():
@@ -73,6 +75,7 @@ def merge_config(
         _set_dotted(data, "registry.em_floor", em_floor)
     if domain:
         data["domain"] = domain
+        _set_dotted(data, "compose.domain", domain)  # compose writes it into the manifest for later steps
     if tracking_uri:
         _set_dotted(data, "tracking.tracking_uri", tracking_uri)
     try:
