@@ -16,6 +16,13 @@ configs/deepspeed_zero{2,3}.json are for multi-GPU launches (see their README no
 Checkpoints every `checkpoint_every` steps and at the end (rl/checkpoint.py, atomic); a run whose
 out_dir holds one resumes from the latest, with the same task sampling and sampling seeds as an
 uninterrupted run, and a metrics history with no gap and no duplicate.
+
+Under torchrun (WORLD_SIZE > 1, rl/distributed.py) the step is data-parallel: every rank draws the same
+`prompts_per_step` tasks and rolls out its strided shard with its own sampling seed; advantages are
+whitened with global statistics; each global mini-batch of `minibatch_size` episodes is split evenly
+over the ranks and gradients are averaged (explicit all-reduce, or DeepSpeed ZeRO-2/3 engines when
+`deepspeed_config` is set and CUDA is present); metrics are all-reduced and logged by rank 0, which alone
+writes checkpoints and the final model; every rank resumes from the checkpoint rank 0 picks.
 """
 
 from __future__ import annotations
@@ -33,13 +40,16 @@ import torch
 
 from mem1_core.config import ModelConfig, PPOConfig
 from mem1_core.envs import domains
-from mem1_core.rl import checkpoint
+from mem1_core.rl import checkpoint, distributed
 from mem1_core.rl.attention import AttentionBackend, resolve_backend
 from mem1_core.rl.trajectory import Batch, StitchedSequence, collate, stitch
 from mem1_core.rl.value import Critic, actor_logprobs
 
 LogFn = Callable[[dict[str, float], int], None]
 PACK_TOKENS = 4096  # row width when packing (flex backend); dense pads one episode per row
+RANK_SEED_STRIDE = 1_000_000  # rank r samples with seed + r * stride (rank 0 = the single-process seed)
+SUMMED_METRICS = ("update_tokens_per_s", "rollout_tokens_per_s")  # throughput of the whole job
+SLOWEST_METRICS = ("rollout_s", "score_s")  # the step waits for the slowest rank
 
 
 @dataclass
@@ -88,12 +98,29 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class PPOTrainer:
     """Holds actor, critic, reference, optimizers and the step loop; `run` is the public entry."""
 
-    def __init__(self, cfg: PPOConfig, data_dir: Path, model_dir: Path, out_dir: Path) -> None:
+    def __init__(
+        self,
+        cfg: PPOConfig,
+        data_dir: Path,
+        model_dir: Path,
+        out_dir: Path,
+        dist: distributed.Dist | None = None,
+    ) -> None:
         from mem1_core import models
         from mem1_core.config import ConfigError
         from mem1_core.data.compose import load_corpus, load_tasks
 
         self.cfg = cfg
+        self.dist = dist if dist is not None else distributed.Dist(device=_default_device())
+        world = self.dist.world_size
+        for name in ("prompts_per_step", "minibatch_size"):
+            if getattr(cfg, name) % world:
+                raise ConfigError(f"ppo.{name} {getattr(cfg, name)} must be a multiple of the {world} ranks")
+        self.local_minibatch = cfg.minibatch_size // world
+        ds_raw = None
+        if cfg.deepspeed_config:
+            distributed.require_cuda_for_deepspeed(cfg.deepspeed_config)
+            ds_raw = distributed.load_deepspeed_config(cfg.deepspeed_config)
         self.out_dir = Path(out_dir)
         self.model_dir = Path(model_dir)
         # Inputs are read and checked before any model is loaded: bad data fails in a second, not after.
@@ -105,7 +132,7 @@ class PPOTrainer:
         self.domain = domains.domain_of(Path(data_dir))
         corpus = load_corpus(Path(data_dir))
         catalog = domains.load_shop_catalog(Path(data_dir)) if self.domain == "shop" else None
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = self.dist.device
         self.backend: AttentionBackend = resolve_backend(cfg.attention, self.device)
         if self.backend == "flex" and self.device.type == "cpu":
             raise ValueError(
@@ -121,6 +148,10 @@ class PPOTrainer:
         if head.is_file():
             self.critic.load_head(head)
         self.pad_id = int(self.tokenizer.pad_token_id)
+        self.engines: dict[str, Any] = {}  # "actor"/"critic" DeepSpeed engines when deepspeed_config is set
+        self.zero3 = False
+        if ds_raw is not None:
+            self._init_deepspeed(ds_raw)
         self.opt_actor = torch.optim.AdamW(self.actor.parameters(), lr=cfg.actor_lr)
         self.opt_critic = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr)
         # Constant learning rates (the paper's); schedulers are kept so a schedule can be swapped in
@@ -134,7 +165,33 @@ class PPOTrainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
 
+    def _init_deepspeed(self, raw: dict[str, Any]) -> None:
+        """Actor and critic as ZeRO engines (their own AdamW, clipping and gradient reduction); under
+        ZeRO-3 the reference is partitioned too. Rollouts and scoring call the engines' modules."""
+        ds_cfg = distributed.resolve_deepspeed_config(
+            raw,
+            micro_batch=self.local_minibatch,
+            world_size=self.dist.world_size,
+            grad_clip=self.cfg.max_grad_norm,
+            bf16=next(self.actor.parameters()).dtype == torch.bfloat16,
+            hidden_size=int(self.actor.config.hidden_size),
+        )
+        self.zero3 = distributed.zero_stage(ds_cfg) == 3
+        out_emb, in_emb = self.critic.lm.get_output_embeddings(), self.critic.lm.get_input_embeddings()
+        if out_emb is not None and out_emb.weight is not in_emb.weight:
+            out_emb.requires_grad_(False)  # the critic never uses its lm_head; ZeRO need not reduce it
+        if not self.dist.enabled:
+            distributed.single_process_env()  # one GPU without torchrun
+        self.engines["actor"] = distributed.deepspeed_initialize(self.actor, self.cfg.actor_lr, ds_cfg)
+        self.engines["critic"] = distributed.deepspeed_initialize(self.critic, self.cfg.critic_lr, ds_cfg)
+        self.actor, self.critic = self.engines["actor"].module, self.engines["critic"].module
+        if self.zero3:
+            self.ref = distributed.deepspeed_inference(self.ref, ds_cfg).eval()
+
     # -- checkpoints ------------------------------------------------------------------------------
+
+    def _deepspeed_dir(self, name: str) -> Path:
+        return checkpoint.checkpoint_root(self.out_dir) / "deepspeed" / name
 
     def _save_models(self, where: Path) -> None:
         from mem1_core import models
@@ -143,35 +200,61 @@ class PPOTrainer:
         self.critic.save(where / "critic")
 
     def save_checkpoint(self) -> Path:
-        state = {
-            "step": self.step,
-            "opt_actor": self.opt_actor.state_dict(),
-            "opt_critic": self.opt_critic.state_dict(),
-            "sched_actor": self.sched_actor.state_dict(),
-            "sched_critic": self.sched_critic.state_dict(),
-            "rng": checkpoint.rng_state(self.task_rng),
-        }
-        return checkpoint.save(self.out_dir, self.step, self._save_models, state, self.history)
+        """Rank 0 writes the checkpoint (optimizer states are the same on every rank); with DeepSpeed every
+        rank first writes its optimizer shard through the engine, and ZeRO-3 weights are gathered."""
+        state: dict[str, Any] = {"step": self.step, "rng": checkpoint.rng_state(self.task_rng)}
+        if self.engines:
+            tag = f"step_{self.step}"
+            for name, engine in self.engines.items():
+                engine.save_checkpoint(str(self._deepspeed_dir(name)), tag=tag)
+            state["deepspeed_tag"] = tag
+        else:
+            state.update(
+                opt_actor=self.opt_actor.state_dict(),
+                opt_critic=self.opt_critic.state_dict(),
+                sched_actor=self.sched_actor.state_dict(),
+                sched_critic=self.sched_critic.state_dict(),
+            )
+        path = checkpoint.checkpoint_root(self.out_dir) / f"step_{self.step}"
+        with distributed.gathered([self.actor, self.critic], self.zero3):
+            if self.dist.is_main:
+                path = checkpoint.save(self.out_dir, self.step, self._save_models, state, self.history)
+        distributed.barrier(self.dist)
+        return path
 
     def maybe_resume(self) -> bool:
         from transformers import AutoModelForCausalLM
 
         from mem1_core import models
 
-        ckpt = checkpoint.latest(self.out_dir)
+        ckpt = None
+        if self.dist.is_main:  # rank 0 picks and verifies; every rank loads that same checkpoint
+            ckpt = checkpoint.latest(self.out_dir)
+            if ckpt is not None:
+                checkpoint.verify(ckpt)
+        ckpt = distributed.broadcast_object(ckpt, self.dist)
         if ckpt is None:
             return False
-        checkpoint.verify(ckpt)
-        actor, _ = models.load_model(ckpt / "actor", ModelConfig())
-        self.actor.load_state_dict(actor.state_dict())
-        critic_lm = AutoModelForCausalLM.from_pretrained(ckpt / "critic", use_safetensors=True)
-        self.critic.lm.load_state_dict(critic_lm.state_dict())
-        self.critic.load_head(ckpt / "critic" / "value_head.safetensors")
         state, history = checkpoint.load_state(ckpt)
-        self.opt_actor.load_state_dict(state["opt_actor"])
-        self.opt_critic.load_state_dict(state["opt_critic"])
-        self.sched_actor.load_state_dict(state["sched_actor"])
-        self.sched_critic.load_state_dict(state["sched_critic"])
+        if self.engines:
+            if "deepspeed_tag" not in state:
+                raise ValueError(
+                    f"{ckpt}: written without DeepSpeed; resume it with ppo.deepspeed_config unset"
+                )
+            for name, engine in self.engines.items():  # module weights and optimizer shards
+                engine.load_checkpoint(str(self._deepspeed_dir(name)), tag=state["deepspeed_tag"])
+        else:
+            if "deepspeed_tag" in state:
+                raise ValueError(f"{ckpt}: written by DeepSpeed engines; resume it with ppo.deepspeed_config")
+            actor, _ = models.load_model(ckpt / "actor", ModelConfig())
+            self.actor.load_state_dict(actor.state_dict())
+            critic_lm = AutoModelForCausalLM.from_pretrained(ckpt / "critic", use_safetensors=True)
+            self.critic.lm.load_state_dict(critic_lm.state_dict())
+            self.critic.load_head(ckpt / "critic" / "value_head.safetensors")
+            self.opt_actor.load_state_dict(state["opt_actor"])
+            self.opt_critic.load_state_dict(state["opt_critic"])
+            self.sched_actor.load_state_dict(state["sched_actor"])
+            self.sched_critic.load_state_dict(state["sched_critic"])
         checkpoint.restore_rng(state["rng"], self.task_rng)
         self.step = int(state["step"])
         self.history = [h for h in history if h["step"] <= self.step]
@@ -189,14 +272,15 @@ class PPOTrainer:
         from mem1_core.agent.policy import HFPolicy
         from mem1_core.agent.rollout import run_episodes
 
-        tasks = self.task_rng.sample(self.tasks, self.cfg.prompts_per_step)
+        # Every rank draws the same tasks (same task_rng), then rolls out its own shard.
+        tasks = distributed.shard(self.task_rng.sample(self.tasks, self.cfg.prompts_per_step), self.dist)
         agent = self.cfg.agent
         policy = HFPolicy(
             self.actor,
             self.tokenizer,
             temperature=agent.temperature,
             batch_size=agent.batch_size,
-            seed=self.cfg.seed * 1_000_003 + self.step,
+            seed=self.cfg.seed * 1_000_003 + self.step + self.dist.rank * RANK_SEED_STRIDE,
         )
         t0 = time.perf_counter()
         self.actor.eval()
@@ -232,9 +316,9 @@ class PPOTrainer:
                 adv, ret = gae(rewards, v, m, cfg.gamma, cfg.lam)
                 out.append(Scored(s, o, r, v, adv, ret, m))
         if cfg.whiten_advantages:
-            all_adv = torch.cat([x.advantages[x.loss_mask > 0] for x in out])
-            if all_adv.numel() > 1:
-                mean, std = all_adv.mean(), all_adv.std()
+            all_adv = torch.cat([x.advantages[x.loss_mask > 0] for x in out]) if out else torch.zeros(0)
+            mean, std, n = distributed.global_mean_std(all_adv, self.dist)  # over the global batch
+            if n > 1:
                 for x in out:
                     x.advantages = (x.advantages - mean) / (std + 1e-8) * x.loss_mask
         return out
@@ -249,10 +333,20 @@ class PPOTrainer:
         tokens = 0
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)
         t0 = time.perf_counter()
+        size = self.local_minibatch  # this rank's share of a global mini-batch of cfg.minibatch_size
+        local_batches = (len(scored) + size - 1) // size
+        # Every rank takes the same number of optimizer steps (gradient averaging is collective).
+        n_batches = int(distributed.all_reduce(torch.tensor([local_batches]), self.dist, "max")[0])
+        if self.engines and n_batches != local_batches:
+            raise RuntimeError(f"rank {self.dist.rank}: {len(scored)} episodes, unlike the other ranks")
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(scored), generator=gen).tolist()
-            for start in range(0, len(order), cfg.minibatch_size):
-                mb = [scored[i] for i in order[start : start + cfg.minibatch_size]]
+            for k in range(n_batches):
+                mb = [scored[i] for i in order[k * size : (k + 1) * size]]
+                if not mb:  # a rank short of episodes still joins the gradient all-reduces
+                    self._step("actor", None)
+                    self._step("critic", None)
+                    continue
                 batch = self._collate([x.seq for x in mb]).to(self.device)
                 mask = batch.loss_mask
                 old = batch.scatter([x.old_logprobs for x in mb]).to(self.device)
@@ -268,21 +362,13 @@ class PPOTrainer:
                 pg_loss = _masked_mean(pg, mask)
                 ent = _masked_mean(entropy, mask)
                 loss = pg_loss - cfg.entropy_coef * ent
-                self.opt_actor.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)
-                self.opt_actor.step()
-                self.sched_actor.step()
+                self._step("actor", loss)
 
                 v = self.critic(batch, self.backend)
                 v_clip = old_v + (v - old_v).clamp(-cfg.value_clip_range, cfg.value_clip_range)
                 vf = 0.5 * torch.max((v - ret) ** 2, (v_clip - ret) ** 2)
                 vf_loss = _masked_mean(vf, mask)
-                self.opt_critic.zero_grad(set_to_none=True)
-                vf_loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
-                self.opt_critic.step()
-                self.sched_critic.step()
+                self._step("critic", vf_loss)
 
                 with torch.no_grad():
                     sums["policy_loss"] += float(pg_loss)
@@ -299,6 +385,27 @@ class PPOTrainer:
         metrics = {k: v / max(n_mb, 1) for k, v in sums.items()}
         metrics["update_tokens_per_s"] = tokens / seconds if seconds > 0 else 0.0
         return metrics
+
+    def _step(self, which: str, loss: torch.Tensor | None) -> None:
+        """One optimizer step of the actor or critic on `loss` (None: no local data, others' gradients)."""
+        if which in self.engines:  # DeepSpeed: reduction, clipping, step and zero_grad in the engine
+            engine = self.engines[which]
+            assert loss is not None, "DeepSpeed ranks always hold data (checked in update)"
+            engine.backward(loss)
+            engine.step()
+            return
+        module, opt, sched = (
+            (self.actor, self.opt_actor, self.sched_actor)
+            if which == "actor"
+            else (self.critic, self.opt_critic, self.sched_critic)
+        )
+        opt.zero_grad(set_to_none=True)
+        if loss is not None:
+            loss.backward()
+        distributed.average_gradients(list(module.parameters()), self.dist)
+        torch.nn.utils.clip_grad_norm_(module.parameters(), self.cfg.max_grad_norm)
+        opt.step()
+        sched.step()
 
     def train_step(self) -> dict[str, float]:
         trajs, rollout_s = self.rollout()
@@ -323,14 +430,17 @@ class PPOTrainer:
             score_s=score_s,
         )
         metrics.update(domains.summary_extras(self.domain, trajs))
-        return metrics
+        return distributed.reduce_metrics(metrics, self.dist, SUMMED_METRICS, SLOWEST_METRICS)
 
     def train(self, log: LogFn | None = None) -> Path:
         from tqdm import tqdm
 
         cfg = self.cfg
         self.maybe_resume()
-        bar = tqdm(total=cfg.steps, initial=min(self.step, cfg.steps), desc="ppo", unit="step")
+        main = self.dist.is_main  # only rank 0 logs, prints and writes
+        bar = tqdm(
+            total=cfg.steps, initial=min(self.step, cfg.steps), desc="ppo", unit="step", disable=not main
+        )
         while self.step < cfg.steps:
             t0 = time.perf_counter()
             metrics = self.train_step()
@@ -339,9 +449,9 @@ class PPOTrainer:
             record = {"step": float(self.step), **{f"ppo/{k}": float(v) for k, v in metrics.items()}}
             self.history.append(record)
             bar.update()
-            if log:
+            if log and main:
                 log({k: v for k, v in record.items() if k != "step"}, self.step)
-            else:
+            elif main:
                 bar.write(
                     f"ppo step {self.step}: reward {metrics['reward']:.3f} kl {metrics['kl']:.4f} "
                     f"entropy {metrics['entropy']:.3f} pg {metrics['policy_loss']:.4f} "
@@ -352,16 +462,28 @@ class PPOTrainer:
         bar.close()
         from mem1_core import models
 
-        model_dir = models.save_model(
-            self.actor.eval(), self.tokenizer, self.out_dir / "model", self.grammar, {"ppo_steps": self.step}
-        )
-        self.critic.save(self.out_dir / "critic")
-        (self.out_dir / "metrics_history.json").write_text(json.dumps(self.history, indent=1) + "\n")
+        model_dir = self.out_dir / "model"
+        with distributed.gathered([self.actor, self.critic], self.zero3):
+            if main:
+                extra = {"ppo_steps": self.step}
+                models.save_model(self.actor.eval(), self.tokenizer, model_dir, self.grammar, extra)
+                self.critic.save(self.out_dir / "critic")
+                (self.out_dir / "metrics_history.json").write_text(json.dumps(self.history, indent=1) + "\n")
+        distributed.barrier(self.dist)
         return model_dir
 
 
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def run(cfg: PPOConfig, data_dir: Path, model_dir: Path, out_dir: Path, log: LogFn | None = None) -> Path:
-    """Train with PPO from `model_dir` (the SFT model); returns out_dir/model (the actor)."""
+    """Train with PPO from `model_dir` (the SFT model); returns out_dir/model (the actor).
+
+    Under torchrun (WORLD_SIZE > 1) this process joins the group and trains its data-parallel share."""
     torch.manual_seed(cfg.seed)
-    trainer = PPOTrainer(cfg, Path(data_dir), Path(model_dir), Path(out_dir))
-    return trainer.train(log)
+    dist = distributed.setup()
+    trainer = PPOTrainer(cfg, Path(data_dir), Path(model_dir), Path(out_dir), dist)
+    model_dir = trainer.train(log)
+    distributed.teardown(dist)  # barrier: no rank exits while rank 0 still writes
+    return model_dir
