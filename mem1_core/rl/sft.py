@@ -133,7 +133,7 @@ class _LogCallback:
 
         class _CB(TrainerCallback):
             def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-                if not logs:
+                if not logs or not state.is_world_process_zero:  # under torchrun, rank 0 logs
                     return
                 metrics = {
                     f"sft/{k}": float(v)
@@ -177,6 +177,7 @@ def build_trainer(
         use_cpu=not torch.cuda.is_available(),
         bf16=cfg.model.dtype == "bfloat16" and torch.cuda.is_available(),
         dataloader_num_workers=0,
+        deepspeed=cfg.deepspeed_config,  # ZeRO under torchrun; the Trainer fills the config's "auto"s
     )
     trainer = SFTTrainer(
         model=model,
@@ -196,8 +197,13 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
     from mem1_core.config import ConfigError
     from mem1_core.data.compose import load_corpus, load_tasks
     from mem1_core.envs import domains
+    from mem1_core.rl import distributed
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if cfg.deepspeed_config:
+        distributed.require_cuda_for_deepspeed(cfg.deepspeed_config, "sft.deepspeed_config")
+        if distributed.env_world_size() <= 1:
+            distributed.single_process_env()  # one GPU without torchrun
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     tasks = load_tasks(data_dir, "train")
@@ -250,8 +256,11 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
     result = trainer.train()
     summary["train_loss"] = float(result.training_loss)
     summary["steps"] = int(result.global_step)
-    model_dir = models.save_model(
-        trainer.model.eval(), tokenizer, out_dir / "model", grammar, {"sft": summary}
-    )
-    (out_dir / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    plugin = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
+    model_dir = out_dir / "model"
+    with distributed.gathered([trainer.model], plugin is not None and plugin.zero_stage == 3):
+        if trainer.is_world_process_zero():  # under torchrun only rank 0 writes the model
+            models.save_model(trainer.model.eval(), tokenizer, model_dir, grammar, {"sft": summary})
+            (out_dir / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    trainer.accelerator.wait_for_everyone()
     return model_dir
