@@ -8,7 +8,9 @@ Critic.save) it called; the writers are wrapped to record, then do their real wo
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mem1_core.config import ComposeConfig, ConfigError, PPOConfig, TinyModelConfig, WorldConfig
+from mem1_core.config import ComposeConfig, ConfigError, PPOConfig, SFTConfig, TinyModelConfig, WorldConfig
 from mem1_core.rl import distributed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,6 +81,35 @@ WORKER = textwrap.dedent(
 )
 
 
+SFT_WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+
+    import torch
+
+    from mem1_core import models
+    from mem1_core.config import SFTConfig
+    from mem1_core.rl import sft
+
+    torch.set_num_threads(1)
+    cfg = SFTConfig.model_validate(json.loads(sys.argv[1]))
+    data_dir, out_dir, report_dir = (Path(a) for a in sys.argv[2:5])
+    writes = []
+    real_save = models.save_model
+
+    def recording_save(*args, **kwargs):
+        writes.append("models.save_model")
+        return real_save(*args, **kwargs)
+
+    models.save_model = recording_save
+    sft.run(cfg, data_dir, out_dir)
+    rank = int(os.environ["RANK"])
+    (report_dir / f"rank{rank}.json").write_text(json.dumps({"writes": writes}))
+    """
+)
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mem1_core.data import compose
@@ -124,13 +155,19 @@ def small_ppo(**over: object) -> PPOConfig:
 
 
 def torchrun(cfg: PPOConfig, data_dir: Path, model_dir: Path, out_dir: Path, tmp: Path) -> list[dict]:
-    """Launch the worker on 2 CPU ranks; return the two ranks' reports."""
+    """Launch the PPO worker on 2 CPU ranks; return the two ranks' reports."""
+    return _launch(WORKER, [cfg.model_dump_json(), str(data_dir), str(model_dir), str(out_dir)], tmp)
+
+
+def _launch(source: str, args: list[str], tmp: Path) -> list[dict]:
     worker = tmp / "worker.py"
-    worker.write_text(WORKER, encoding="utf-8")
-    reports = tmp / f"reports-{cfg.steps}"
+    worker.write_text(source, encoding="utf-8")
+    reports = tmp / "reports"
+    if reports.exists():
+        shutil.rmtree(reports)
     reports.mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += [str(worker), cfg.model_dump_json(), str(data_dir), str(model_dir), str(out_dir), str(reports)]
+    cmd += [str(worker), *args, str(reports)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
@@ -173,6 +210,28 @@ def test_torchrun_two_ranks_stay_in_sync_rank0_writes_and_resume(
 
     trained = _load_actor(out / "model")
     assert any(not torch.equal(initial[k], trained[k]) for k in initial), "PPO left the actor unchanged"
+
+
+@pytest.mark.slow
+def test_torchrun_sft_shards_the_data_and_only_rank0_saves(data_dir: Path, tmp_path: Path) -> None:
+    from mem1_core import models
+
+    cfg = SFTConfig.model_validate(
+        {
+            "n_tasks": 8,
+            "epochs": 1,
+            "batch_size": 4,
+            "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "vocab_size": 600}},
+        }
+    )
+    out = tmp_path / "sft"
+    reports = _launch(SFT_WORKER, [cfg.model_dump_json(), str(data_dir), str(out)], tmp_path)
+    assert reports[0]["writes"] == ["models.save_model"] and reports[1]["writes"] == []
+    summary = json.loads((out / "sft_summary.json").read_text())
+    # Each step consumes batch_size examples on each of the 2 ranks: half the single-process steps.
+    assert summary["steps"] == math.ceil(summary["examples"] / (2 * cfg.batch_size))
+    model, _ = models.load_model(out / "model", cfg.model)  # hashes in mem1.json checked on load
+    assert model.config.hidden_size == 32
 
 
 def _load_actor(model_dir: Path) -> dict[str, torch.Tensor]:

@@ -58,6 +58,11 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def env_rank() -> int:
+    """This process's global rank as torchrun set it (0 when not launched by torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup() -> Dist:
     """Join the torchrun process group when WORLD_SIZE > 1; pick this rank's device."""
     world = env_world_size()

@@ -247,7 +247,7 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
         "tokens": sum(len(e["input_ids"]) for e in examples),
     }
     print(f"sft: {json.dumps(summary)}")
-    if log:
+    if log and distributed.env_rank() == 0:
         log({f"sft/data_{k}": float(v) for k, v in summary.items()}, 0)
 
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: input that fails the checks above writes nothing
