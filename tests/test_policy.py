@@ -145,13 +145,13 @@ def test_oracle_solves_one_and_two_hop_objectives_from_what_it_sees(tokenizer) -
     oracle = OracleTeacher(tokenizer)
     prompt = qa_prompt(TASK.questions, 6)
     t0 = _turn(oracle, prompt, 0)
-    assert t0 == "<IS>Q1 needs Zimi Zojo</IS><query>Zimi Zojo</query>"
+    assert t0 == "<IS>Q1 needs Zimi Zojo</IS><query> Zimi Zojo</query>"
     t1 = _turn(oracle, prompt + t0 + _info("Zimi Zojo", "Other"), 1)
-    assert t1 == "<IS>Found 1-1: Cesteisound | Q2 needs Blue Harbor</IS><query>Blue Harbor</query>"
+    assert t1 == "<IS>Found 1-1: Cesteisound | Q2 needs Blue Harbor</IS><query> Blue Harbor</query>"
     t2 = _turn(oracle, prompt + t1 + _info("Blue Harbor"), 2)  # bridge found: now the director's doc
-    assert t2 == "<IS>Found 1-1: Cesteisound | Q2 needs Dagrek Po</IS><query>Dagrek Po</query>"
+    assert t2 == "<IS>Found 1-1: Cesteisound | Q2 needs Dagrek Po</IS><query> Dagrek Po</query>"
     t3 = _turn(oracle, prompt + t2 + _info("Dagrek Po"), 3)
-    assert t3 == "<IS>All 2 answers found.</IS><answer>Cesteisound; Dagrek Po</answer>"
+    assert t3 == "<IS>All 2 answers found.</IS><answer> Cesteisound; Dagrek Po</answer>"
 
 
 def test_oracle_records_nothing_the_info_did_not_show(tokenizer) -> None:
@@ -159,20 +159,20 @@ def test_oracle_records_nothing_the_info_did_not_show(tokenizer) -> None:
     prompt = qa_prompt(TASK.questions, 8)
     t0 = _turn(oracle, prompt, 0)
     t1 = _turn(oracle, prompt + t0 + _info("Zimi Dogar"), 1)  # a near miss, not the document
-    assert "Found" not in t1 and "<query>Zimi Zojo In which city was Zimi Zojo born?</query>" in t1
+    assert "Found" not in t1 and "<query> Zimi Zojo In which city was Zimi Zojo born?</query>" in t1
     t2 = _turn(oracle, prompt + t1 + _info("Zimi Dogar"), 2)
-    assert "<query>In which city was Zimi Zojo born?</query>" in t2
+    assert "<query> In which city was Zimi Zojo born?</query>" in t2
     t3 = _turn(oracle, prompt + t2 + _info(), 3)  # every query failed: give up on Q1, go on with Q2
-    assert t3 == f"<IS>Found 1-1: {UNKNOWN} | Q2 needs Blue Harbor</IS><query>Blue Harbor</query>"
+    assert t3 == f"<IS>Found 1-1: {UNKNOWN} | Q2 needs Blue Harbor</IS><query> Blue Harbor</query>"
 
 
 def test_oracle_answers_on_the_last_turn_with_what_it_has(tokenizer) -> None:
     oracle = OracleTeacher(tokenizer)
     prompt = qa_prompt(TASK.questions, 6)
-    state = "<IS>Found 1-1: Cesteisound | Q2 needs Blue Harbor</IS><query>Blue Harbor</query>"
+    state = "<IS>Found 1-1: Cesteisound | Q2 needs Blue Harbor</IS><query> Blue Harbor</query>"
     text = _turn(oracle, prompt + state + _info("Nothing", left=1), 4)
-    assert text.endswith(f"<answer>Cesteisound; {UNKNOWN}</answer>")
-    assert _turn(oracle, qa_prompt(TASK.questions, 1), 0).endswith(f"<answer>{UNKNOWN}; {UNKNOWN}</answer>")
+    assert text.endswith(f"<answer> Cesteisound; {UNKNOWN}</answer>")
+    assert _turn(oracle, qa_prompt(TASK.questions, 1), 0).endswith(f"<answer> {UNKNOWN}; {UNKNOWN}</answer>")
 
 
 def test_oracle_output_is_cut_at_max_new_tokens(tokenizer) -> None:

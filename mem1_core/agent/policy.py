@@ -254,7 +254,14 @@ class OracleTeacher:
     # -- one turn, from the decoded context -------------------------------------------------------
 
     def turn_text(self, context: str, objectives: Sequence[Objective], turn_index: int) -> str:
-        """The teacher's next turn (`<IS>…</IS>` then one action) given the decoded context."""
+        """The teacher's next turn (`<IS>…</IS>` then one action) given the decoded context.
+
+        Action content starts with a space (`<query> Name</query>`): byte-level BPE tokenises a word
+        after a space differently from one glued to a tag, and everywhere else (question, state,
+        documents) names follow a space. With the space, a query or answer is the very same ids as
+        the name it copies, so a small model learns to copy instead of learning a second spelling
+        of every name. The parser strips the space.
+        """
         memory, last_query, info, turns_left = self._read(context, objectives, turn_index)
         query = self._decide(memory, last_query, info, objectives)
         g = self.grammar
@@ -263,10 +270,10 @@ class OracleTeacher:
             answers = memory.found + [UNKNOWN] * (n - len(memory.found))
             all_found = query is None and all(a != UNKNOWN for a in answers)
             state = f"All {n} answers found." if all_found else self._state_text(memory, objectives)
-            action = f"{g.open(g.answer)}{f'{g.answer_separator} '.join(answers)}{g.close(g.answer)}"
+            action = f"{g.open(g.answer)} {f'{g.answer_separator} '.join(answers)}{g.close(g.answer)}"
         else:
             state = self._state_text(memory, objectives)
-            action = f"{g.open(g.query)}{query}{g.close(g.query)}"
+            action = f"{g.open(g.query)} {query}{g.close(g.query)}"
         return f"{g.open(g.state)}{state}{g.close(g.state)}{action}"
 
     def _read(
