@@ -183,7 +183,26 @@ class Mem1AgentModel(mlflow.pyfunc.PythonModel):
         self.model, self.tokenizer = load_model(context.artifacts["model"], model_cfg)
         self.model.eval()
         self.corpus_path = context.artifacts.get("corpus")
+        self.domain = str(cfg.get("domain", "qa"))
+        self.catalog_path = context.artifacts.get("catalog")
         self._bm25: Any = None
+        self._catalog: Any = None
+
+    def _shop_catalog(self, retrieval_url: str | None) -> Any:
+        """The bundled catalogue (products.jsonl); a retrieval server, when given, does its searches."""
+        from mem1_core.data.shop_catalog import load_catalog
+
+        if not self.catalog_path:
+            raise ValueError("this shop model has no bundled catalogue (products.jsonl)")
+        if retrieval_url:
+            from mem1_core.envs.server import RetrievalClient
+
+            catalog = load_catalog(Path(self.catalog_path))
+            catalog._backend = RetrievalClient(retrieval_url)
+            return catalog
+        if self._catalog is None:
+            self._catalog = load_catalog(Path(self.catalog_path))
+        return self._catalog
 
     def _backend(self, retrieval_url: str | None) -> Any:
         if retrieval_url:
@@ -206,17 +225,15 @@ class Mem1AgentModel(mlflow.pyfunc.PythonModel):
         # "" and 0 are the signature's defaults, filled in by MLflow: they mean "as registered".
         update = {k: params[k] for k in ("mode", "max_turns", "max_new_tokens") if params.get(k)}
         agent = AgentConfig.model_validate({**self.agent_cfg.model_dump(), **update})
-        tasks = tasks_from_input(model_input)
-        return pd.DataFrame(
-            answer_tasks(
-                tasks,
-                self.model,
-                self.tokenizer,
-                self.grammar,
-                agent,
-                self._backend(params.get("retrieval_url")),
+        url = params.get("retrieval_url") or None
+        tasks = tasks_from_input(model_input, self.domain)
+        if self.domain == "shop":
+            rows = answer_tasks(
+                tasks, self.model, self.tokenizer, self.grammar, agent, None, "shop", self._shop_catalog(url)
             )
-        )
+        else:
+            rows = answer_tasks(tasks, self.model, self.tokenizer, self.grammar, agent, self._backend(url))
+        return pd.DataFrame(rows)
 
 
 def load_registered(model_uri: str) -> Mem1AgentModel:
@@ -242,8 +259,11 @@ def read_corpus(path: Path) -> list[Any]:
     return load_corpus_file(path)
 
 
-def tasks_from_input(model_input: Any) -> list[Any]:
-    """DataFrame / dict / list of rows with `questions` (list or one string) -> tasks without gold answers."""
+def tasks_from_input(model_input: Any, domain: str = "qa") -> list[Any]:
+    """DataFrame / dict / list of rows with `questions` (list or one string) -> tasks without gold answers.
+
+    Shop: each question is a purchase instruction, bought in order; with no known target the
+    environment's reward means nothing, and the answer is the list of products bought."""
     import pandas as pd
 
     from mem1_core.data.types import Objective, Task
@@ -263,24 +283,34 @@ def tasks_from_input(model_input: Any) -> list[Any]:
         qs = [q.strip() for q in qs if q and q.strip()]
         if not qs:
             raise ValueError(f"input row {i}: no question")
+        if domain == "shop":
+            from mem1_core.data.shop_catalog import NO_PRICE_BOUND, ShopGoal, shop_task
+
+            goals = [ShopGoal("", q, (), (), NO_PRICE_BOUND, "", "", "", "") for q in qs]
+            tasks.append(shop_task(f"input-{i}", goals, source="input"))
+            continue
         tasks.append(Task(id=f"input-{i}", objectives=tuple(Objective(question=q, answers=()) for q in qs)))
     return tasks
 
 
 def answer_tasks(
-    tasks: list[Any], model: Any, tokenizer: Any, grammar: TagGrammar, agent: AgentConfig, backend: Any
+    tasks: list[Any],
+    model: Any,
+    tokenizer: Any,
+    grammar: TagGrammar,
+    agent: AgentConfig,
+    backend: Any,
+    domain: str = "qa",
+    catalog: Any = None,
 ) -> list[dict[str, Any]]:
-    """Run the MEM1 loop (or a baseline mode) and summarise each episode; shared by pyfunc and CLI."""
+    """Run the MEM1 loop (or a baseline mode) and summarise each episode; shared by pyfunc and CLI.
+    QA searches `backend`; shop shops in `catalog` (envs.domains picks the environment)."""
     from mem1_core.agent.policy import HFPolicy
     from mem1_core.agent.rollout import run_episodes
-    from mem1_core.envs.qa import QAEnvironment
+    from mem1_core.envs import domains
 
     policy = HFPolicy(model, tokenizer, temperature=agent.temperature, batch_size=agent.batch_size)
-
-    def env_factory(task: Any) -> Any:
-        return QAEnvironment(
-            task, backend, grammar=grammar, max_turns=agent.turns_for(task.n_objectives), topk=agent.topk
-        )
+    env_factory = domains.env_factory_for(domain, None, agent, grammar, backend=backend, catalog=catalog)
 
     trajectories = run_episodes(tasks, env_factory, policy, agent, mode=agent.mode)
     return [summarize_trajectory(t, grammar) for t in trajectories]
@@ -339,8 +369,10 @@ def build_pyfunc(
     agent: AgentConfig,
     corpus: Path | None,
     metadata: dict[str, str],
+    domain: str = "qa",
+    catalog: Path | None = None,
 ) -> Path:
-    """Save the pyfunc model locally (nothing remote yet)."""
+    """Save the pyfunc model locally (nothing remote yet); a shop model bundles its catalogue."""
     import mem1_core
 
     prompt_dir = out_dir.parent / "prompt"
@@ -352,13 +384,19 @@ def build_pyfunc(
     artifacts = {"model": str(model_dir), "prompt": str(prompt_dir / "prompt.json")}
     if corpus is not None:
         artifacts["corpus"] = str(corpus)
+    if catalog is not None:
+        artifacts["catalog"] = str(catalog)
     signature, example = signature_and_example()
     version = getattr(mem1_core, "__version__", None)
     mlflow.pyfunc.save_model(
         path=str(out_dir),
         python_model=Mem1AgentModel(),
         artifacts=artifacts,
-        model_config={"grammar": asdict(grammar), "agent": agent.model_dump(mode="json")},
+        model_config={
+            "grammar": asdict(grammar),
+            "agent": agent.model_dump(mode="json"),
+            **({"domain": domain} if domain != "qa" else {}),
+        },
         signature=signature,
         input_example=example,
         pip_requirements=[f"mem1-pipelines=={version}" if version else "mem1-pipelines"],
@@ -438,6 +476,10 @@ def run(
     agent = AgentConfig.model_validate({**agent_dict, "mode": cfg.gate_mode})
     corpus = data_dir / "corpus.jsonl"
     bundled = corpus if corpus.is_file() and corpus.stat().st_size <= CORPUS_BUNDLE_LIMIT else None
+    from mem1_core.envs import domains
+
+    domain = domains.domain_of(data_dir)
+    catalog = data_dir / domains.PRODUCTS_FILE if domain == "shop" else None
     if open_run is not None and not pipeline_run_id:
         run_tags = tracker.call(
             lambda: tracker.client.get_run(open_run.run_id), "reading the open run"
@@ -473,6 +515,8 @@ def run(
             agent,
             bundled,
             metadata={"weights_sha256": w_hash, "dataset_hash": d_hash, "gate": gate_key},
+            domain=domain,
+            catalog=catalog,
         )
         run_ctx = (
             nullcontext(open_run)

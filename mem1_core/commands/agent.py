@@ -1,7 +1,9 @@
 """`mem1 agent`: answer questions with a registered model (models:/name@alias) or a local model dir.
 
 All --question values form ONE multi-objective task answered in one MEM1 episode, the way the
-model was trained and evaluated. Retrieval: --retrieval-url, else BM25 over --corpus or
+model was trained and evaluated. A shop model (registered from shop data, or a local model with a
+shop --data-dir) takes purchase instructions and shops in the catalogue; its answer is what it bought.
+Retrieval: --retrieval-url, else BM25 over --corpus or
 --data-dir's corpus.jsonl, else (registered models only) the corpus bundled at registration.
 """
 
@@ -55,17 +57,25 @@ def run(args: argparse.Namespace) -> int:
 
         backend = BM25Backend(load_corpus_file(corpus))
 
+    domain, catalog = "qa", None
     if args.model.startswith(("models:/", "runs:/")):
         agent_model = registry.load_registered(args.model)
         model, tokenizer, grammar = agent_model.model, agent_model.tokenizer, agent_model.grammar
         agent: AgentConfig = agent_model.agent_cfg
-        if backend is None:
+        domain = agent_model.domain
+        if domain == "shop":
+            catalog = agent_model._shop_catalog(args.retrieval_url)
+        elif backend is None:
             backend = agent_model._backend(None)
     else:
+        from mem1_core.envs import domains
         from mem1_core.models import load_grammar, load_model
 
         cfg = load_config(args.config) if args.config else PipelineConfig()
-        if backend is None:
+        if args.data_dir and domains.domain_of(Path(args.data_dir)) == "shop":
+            domain = "shop"
+            catalog = domains.load_shop_catalog(Path(args.data_dir), backend)
+        elif backend is None:
             raise ConfigError("a local model needs --corpus, --data-dir or --retrieval-url for retrieval")
         model, tokenizer = load_model(args.model, cfg.sft.model)
         grammar = load_grammar(args.model)
@@ -76,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(f"command line: {e}") from None
 
-    tasks = registry.tasks_from_input({"questions": [args.question]})
-    result = registry.answer_tasks(tasks, model, tokenizer, grammar, agent, backend)[0]
+    tasks = registry.tasks_from_input({"questions": [args.question]}, domain)
+    result = registry.answer_tasks(tasks, model, tokenizer, grammar, agent, backend, domain, catalog)[0]
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
