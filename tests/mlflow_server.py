@@ -10,8 +10,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,80 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
     finally:
         stop_server(proc)
+
+
+# ---------------------------------------------------------------------------------------------
+# A proxy in front of the server that answers 503 to chosen requests: MLflow faults, for real.
+
+_REQUEST_DROP = ("host", "content-length")
+_HOP_HEADERS = ("content-length", "transfer-encoding", "connection", "content-encoding")
+
+
+class Proxy503:
+    """A transparent HTTP proxy to `upstream` that answers 503 to the first `failures` requests and to
+    every request `refuse(method, path)` picks; `seen` counts requests, `refused` the 503 answers.
+
+    Use as a context manager: it serves on a free 127.0.0.1 port (`url`) until the block ends.
+    """
+
+    def __init__(
+        self, upstream: str, failures: int = 0, refuse: Callable[[str, str], bool] | None = None
+    ) -> None:
+        self.upstream = upstream
+        self.failures = failures
+        self.refuse = refuse
+        self.seen = 0
+        self.refused = 0
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def _should_refuse(self, method: str, path: str) -> bool:
+        with self._lock:
+            self.seen += 1
+            fail = self.seen <= self.failures or (self.refuse is not None and self.refuse(method, path))
+            self.refused += fail
+        return fail
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _handle(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy._should_refuse(self.command, self.path):
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+                }
+                r = requests.request(
+                    self.command, proxy.upstream + self.path, data=body, headers=headers, timeout=60
+                )
+                self.send_response(r.status_code)
+                for k, v in r.headers.items():
+                    if k.lower() not in _HOP_HEADERS:
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _handle
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+    def __enter__(self) -> Proxy503:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 # ---------------------------------------------------------------------------------------------

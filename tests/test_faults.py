@@ -20,13 +20,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
-from mlflow_server import make_data_dir, make_model_dir, mlflow_server  # noqa: F401
+from mlflow_server import Proxy503, make_data_dir, make_model_dir, mlflow_server  # noqa: F401
 
 from mem1_core.config import AgentConfig, EvalConfig, RegisterConfig
 from mem1_core.rl import checkpoint
@@ -137,54 +135,11 @@ def test_ppo_survives_sigkill_and_resumes_without_gap_or_duplicate(
 # ----------------------------------------------------------------------------- MLflow answers 503
 
 
-class _Flaky(BaseHTTPRequestHandler):
-    """503 for the first `failures` requests, then a transparent proxy to the real MLflow server."""
-
-    upstream = ""
-    failures = 0
-    seen = 0
-    refused = 0
-    lock = threading.Lock()
-
-    def _handle(self) -> None:
-        with _Flaky.lock:
-            _Flaky.seen += 1
-            fail = _Flaky.seen <= _Flaky.failures
-            _Flaky.refused += fail
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if fail:
-            self.send_response(503)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-        r = requests.request(
-            self.command, _Flaky.upstream + self.path, data=body, headers=headers, timeout=60
-        )
-        self.send_response(r.status_code)
-        for k, v in r.headers.items():
-            if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
-                self.send_header(k, v)
-        self.send_header("Content-Length", str(len(r.content)))
-        self.end_headers()
-        self.wfile.write(r.content)
-
-    do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _handle
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture()
-def flaky(mlflow_server: str) -> Iterator[str]:  # noqa: F811
-    _Flaky.upstream, _Flaky.failures, _Flaky.seen, _Flaky.refused = mlflow_server, 0, 0, 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def flaky(mlflow_server: str) -> Iterator[Proxy503]:  # noqa: F811
+    """503 for the first `flaky.failures` requests (set by each test), then the real MLflow server."""
+    with Proxy503(mlflow_server) as proxy:
+        yield proxy
 
 
 def _eval_dir(root: Path, em: float) -> Path:
@@ -198,22 +153,22 @@ def _eval_dir(root: Path, em: float) -> Path:
 
 
 def test_registration_rides_out_a_few_503s(
-    flaky: str,
+    flaky: Proxy503,
     mlflow_server: str,  # noqa: F811
     assets: dict[str, Path],
     tmp_path: Path,
 ) -> None:
     from mem1_core import registry
 
-    _Flaky.failures = 3
+    flaky.failures = 3
     policy = RetryPolicy(attempts=5, initial_delay=0.1, max_delay=0.4)
     t0 = time.monotonic()
     result = registry.run(
         RegisterConfig(model_name="mem1-flaky"), assets["model"], _eval_dir(tmp_path, 0.5), assets["data"],
-        Tracker(flaky, experiment="faults-flaky", retry=policy),
+        Tracker(flaky.url, experiment="faults-flaky", retry=policy),
     )  # fmt: skip
     elapsed = time.monotonic() - t0
-    assert _Flaky.refused == 3 and _Flaky.seen > 3
+    assert flaky.refused == 3 and flaky.seen > 3
     assert elapsed >= 0.1 + 0.2 + 0.4 - 0.05, "the backoff delays were waited"
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     versions = client.search_model_versions("name = 'mem1-flaky'")
@@ -222,22 +177,22 @@ def test_registration_rides_out_a_few_503s(
 
 
 def test_mlflow_that_keeps_failing_gives_a_clear_error_and_registers_nothing(
-    flaky: str,
+    flaky: Proxy503,
     mlflow_server: str,  # noqa: F811
     assets: dict[str, Path],
     tmp_path: Path,
 ) -> None:
     from mem1_core import registry
 
-    _Flaky.failures = 10**9
+    flaky.failures = 10**9
     policy = RetryPolicy(attempts=3, initial_delay=0.1, max_delay=0.2)
     with pytest.raises(TrackingError) as info:
         registry.run(
             RegisterConfig(model_name="mem1-down"), assets["model"], _eval_dir(tmp_path, 0.5), assets["data"],
-            Tracker(flaky, experiment="faults-down", retry=policy),
+            Tracker(flaky.url, experiment="faults-down", retry=policy),
         )  # fmt: skip
     message = str(info.value)
-    assert flaky in message and "after 3 attempts" in message and "503" in message
+    assert flaky.url in message and "after 3 attempts" in message and "503" in message
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     assert client.search_model_versions("name = 'mem1-down'") == []
     exp = client.get_experiment_by_name("faults-down")

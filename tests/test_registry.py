@@ -11,16 +11,13 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
-from mlflow_server import free_port, make_data_dir, make_model_dir, mlflow_server  # noqa: F401
+from mlflow_server import Proxy503, free_port, make_data_dir, make_model_dir, mlflow_server  # noqa: F401
 
 from mem1_core import registry
 from mem1_core.config import AgentConfig, EvalConfig, RegisterConfig, TrackingConfig
@@ -197,46 +194,11 @@ def test_dead_server_clear_error_and_nothing_registered(assets: dict[str, Path],
         )
 
 
-class _AliasFails(BaseHTTPRequestHandler):
-    """Forwards to the real server but answers 503 to every alias update: registration breaks midway."""
-
-    upstream = ""
-
-    def _handle(self) -> None:
-        if self.command == "POST" and "/alias" in self.path:
-            self.send_response(503)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-        r = requests.request(
-            self.command, _AliasFails.upstream + self.path, data=body, headers=headers, timeout=60
-        )
-        self.send_response(r.status_code)
-        for k, v in r.headers.items():
-            if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
-                self.send_header(k, v)
-        self.send_header("Content-Length", str(len(r.content)))
-        self.end_headers()
-        self.wfile.write(r.content)
-
-    do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _handle
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture()
 def alias_failing_proxy(mlflow_server: str) -> Iterator[str]:  # noqa: F811
-    _AliasFails.upstream = mlflow_server
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _AliasFails)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    """Forwards to the real server but answers 503 to every alias update: registration breaks midway."""
+    with Proxy503(mlflow_server, refuse=lambda method, path: method == "POST" and "/alias" in path) as proxy:
+        yield proxy.url
 
 
 def test_failure_midway_leaves_no_version(

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
-from mlflow_server import free_port, mlflow_server  # noqa: F401
+from mlflow_server import Proxy503, free_port, mlflow_server  # noqa: F401
 
 from mem1_core.config import EvalConfig, PipelineConfig, SFTConfig, TrackingConfig
 from mem1_core.tracking import (
@@ -138,62 +135,20 @@ def test_dead_server_fails_clearly_after_retries() -> None:
     assert is_transient(info.value.__cause__)
 
 
-class _Flaky(BaseHTTPRequestHandler):
-    """Answers 503 to the first `failures` requests, then forwards to the real server."""
-
-    upstream = ""
-    failures = 0
-    seen = 0
-    lock = threading.Lock()
-
-    def _handle(self) -> None:
-        with _Flaky.lock:
-            _Flaky.seen += 1
-            fail = _Flaky.seen <= _Flaky.failures
-        if fail:
-            self.send_response(503)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-        r = requests.request(
-            self.command, _Flaky.upstream + self.path, data=body, headers=headers, timeout=30
-        )
-        self.send_response(r.status_code)
-        for k, v in r.headers.items():
-            if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
-                self.send_header(k, v)
-        self.send_header("Content-Length", str(len(r.content)))
-        self.end_headers()
-        self.wfile.write(r.content)
-
-    do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _handle
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture()
-def flaky_proxy(mlflow_server: str) -> Iterator[str]:  # noqa: F811
-    _Flaky.upstream, _Flaky.failures, _Flaky.seen = mlflow_server, 2, 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def flaky_proxy(mlflow_server: str) -> Iterator[Proxy503]:  # noqa: F811
+    """Answers 503 to the first 2 requests, then forwards to the real server."""
+    with Proxy503(mlflow_server, failures=2) as proxy:
+        yield proxy
 
 
-def test_transient_5xx_is_retried_then_succeeds(flaky_proxy: str, mlflow_server: str) -> None:  # noqa: F811
+def test_transient_5xx_is_retried_then_succeeds(flaky_proxy: Proxy503, mlflow_server: str) -> None:  # noqa: F811
     tracker = Tracker(
-        flaky_proxy, experiment="tracking-flaky", retry=RetryPolicy(attempts=4, initial_delay=0.1)
+        flaky_proxy.url, experiment="tracking-flaky", retry=RetryPolicy(attempts=4, initial_delay=0.1)
     )
     with tracker.step_run("compose", {"seed": 3}) as step:
         step.log({"tasks": 12.0}, 0)
-    assert _Flaky.seen > 2, "the 503 answers were retried"
+    assert flaky_proxy.seen > 2, "the 503 answers were retried"
     run = MlflowClient(tracking_uri=mlflow_server).get_run(step.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params == {"seed": "3"}
