@@ -15,31 +15,14 @@ def ppo_train(
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
 ):
-    import json
     from pathlib import Path
 
     from components import runtime
 
-    work = Path(model.path).parent / "ppo-work"
-    with runtime.nested_run(tracking_uri, parent_run_id, "ppo_train", json.loads(ppo_json)) as run:
-        last: dict = {}
-
-        def log(values: dict, step: int) -> None:
-            last.update(values)
-            run.log(values, step)
-
-        out = runtime.train(
-            "ppo",
-            ppo_json,
-            Path(dataset.path),
-            work,
-            Path(sft_model.path),
-            log,
-            num_nodes,
-            gpus_per_node,
-            launcher,
-        )
-        runtime.copy_dir(out, model.path)
-        for key, value in last.items():
-            metrics.log_metric(key, float(value))
-        model.metadata["mlflow_run_id"] = run.run_id
+    run_id, last = runtime.train_step(
+        "ppo", ppo_json, tracking_uri, parent_run_id, "ppo_train",
+        Path(dataset.path), Path(sft_model.path), model.path, num_nodes, gpus_per_node, launcher,
+    )  # fmt: skip
+    for key, value in last.items():
+        metrics.log_metric(key, float(value))
+    model.metadata["mlflow_run_id"] = run_id

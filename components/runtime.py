@@ -311,6 +311,37 @@ def train(
     return Path(ppo.run(parse_section(PPOConfig, section, "ppo"), data_dir, model_dir, out_dir, log=log))
 
 
+def train_step(
+    kind: str,
+    section: str,
+    tracking_uri: str,
+    parent_run_id: str,
+    step: str,
+    data_dir: Path,
+    model_dir: Path | None,
+    out_model: str | Path,
+    num_nodes: int,
+    gpus_per_node: int,
+    launcher: str,
+) -> tuple[str, dict[str, float]]:
+    """The body of the sft_warmup and ppo_train components: `train` inside a nested MLflow run.
+
+    The trained model is copied into the component's output path `out_model` (its work dir is next
+    to it). Returns the MLflow run id and the last value of every metric, for the KFP Metrics output.
+    """
+    work = Path(out_model).parent / f"{kind}-work"
+    with nested_run(tracking_uri, parent_run_id, step, json.loads(section)) as run:
+        last: dict[str, float] = {}
+
+        def log(values: dict[str, float], step_index: int) -> None:
+            last.update(values)
+            run.log(values, step_index)
+
+        out = train(kind, section, data_dir, work, model_dir, log, num_nodes, gpus_per_node, launcher)
+        copy_dir(out, out_model)
+        return run.run_id, last
+
+
 DEEPSPEED_CONFIG = "configs/deepspeed_zero3.json"  # relative to the images' WORKDIR (/app)
 
 
