@@ -114,6 +114,15 @@ def _trainer_env(task: Any, cluster: ClusterOptions, images: Images) -> Any:
     return task
 
 
+def _training_step(
+    task: Any, cluster: ClusterOptions, images: Images, accelerator_type: Any, gpus: Any
+) -> Any:
+    """SFT and PPO: uncached, on the GPU pool, with MLflow and the multi-node launch environment, retried."""
+    task.set_caching_options(enable_caching=False)
+    placed = _on_gpu_pool(task, cluster, accelerator_type, gpus)
+    return _retry(_trainer_env(_with_mlflow_env(placed, cluster), cluster, images), cluster)
+
+
 def build_pipeline(
     images: Images | None = None,
     cluster: ClusterOptions | None = None,
@@ -172,6 +181,19 @@ def build_pipeline(
             uri = prep.outputs["tracking_uri"]
             parent = prep.outputs["parent_run_id"]
 
+            def record(step: str, section: Any, task: Any, metrics: str, files: str, name: str) -> Any:
+                """An uncached record_step logging a cached step's outputs under the parent run."""
+                rec = c.record_step(
+                    tracking_uri=uri,
+                    parent_run_id=parent,
+                    step=step,
+                    section_json=section,
+                    metrics=task.outputs[metrics],
+                    files=task.outputs[files],
+                ).set_display_name(name)
+                rec.set_caching_options(enable_caching=False)
+                return _retry(_with_mlflow_env(_light(rec, cluster), cluster), cluster)
+
             compose = c.compose_dataset(compose_json=prep.outputs["compose"]).set_display_name(
                 "compose dataset"
             )
@@ -180,16 +202,7 @@ def build_pipeline(
             kubernetes.use_secret_as_env(compose, cluster.hf_secret, {"HF_TOKEN": "HF_TOKEN"}, optional=True)
             _retry(compose, cluster)
 
-            record_compose = c.record_step(
-                tracking_uri=uri,
-                parent_run_id=parent,
-                step="compose_dataset",
-                section_json=prep.outputs["compose"],
-                metrics=compose.outputs["stats"],
-                files=compose.outputs["dataset"],
-            ).set_display_name("log compose")
-            record_compose.set_caching_options(enable_caching=False)
-            _retry(_with_mlflow_env(_light(record_compose, cluster), cluster), cluster)
+            record("compose_dataset", prep.outputs["compose"], compose, "stats", "dataset", "log compose")
 
             sft = c.sft_warmup(
                 sft_json=prep.outputs["sft"],
@@ -200,15 +213,7 @@ def build_pipeline(
                 launcher=training_launcher,
                 dataset=compose.outputs["dataset"],
             ).set_display_name("SFT warm-up")
-            sft.set_caching_options(enable_caching=False)
-            _retry(
-                _trainer_env(
-                    _with_mlflow_env(_on_gpu_pool(sft, cluster, accelerator_type, gpus_per_node), cluster),
-                    cluster,
-                    images,
-                ),
-                cluster,
-            )
+            _training_step(sft, cluster, images, accelerator_type, gpus_per_node)
 
             ppo = c.ppo_train(
                 ppo_json=prep.outputs["ppo"],
@@ -220,15 +225,7 @@ def build_pipeline(
                 dataset=compose.outputs["dataset"],
                 sft_model=sft.outputs["model"],
             ).set_display_name("PPO")
-            ppo.set_caching_options(enable_caching=False)
-            _retry(
-                _trainer_env(
-                    _with_mlflow_env(_on_gpu_pool(ppo, cluster, accelerator_type, gpus_per_node), cluster),
-                    cluster,
-                    images,
-                ),
-                cluster,
-            )
+            _training_step(ppo, cluster, images, accelerator_type, gpus_per_node)
 
             ev = c.evaluate(
                 eval_json=prep.outputs["eval"],
@@ -238,16 +235,7 @@ def build_pipeline(
             ev.set_caching_options(enable_caching=True)
             _retry(_on_gpu_pool(ev, cluster, accelerator_type, 1), cluster)
 
-            record_eval = c.record_step(
-                tracking_uri=uri,
-                parent_run_id=parent,
-                step="evaluate",
-                section_json=prep.outputs["eval"],
-                metrics=ev.outputs["metrics"],
-                files=ev.outputs["results"],
-            ).set_display_name("log evaluation")
-            record_eval.set_caching_options(enable_caching=False)
-            _retry(_with_mlflow_env(_light(record_eval, cluster), cluster), cluster)
+            record_eval = record("evaluate", prep.outputs["eval"], ev, "metrics", "results", "log evaluation")
 
             register = c.register_model(
                 registry_json=prep.outputs["registry"],
