@@ -107,9 +107,8 @@ def _metadata(spec: JobSpec) -> dict[str, Any]:
     return {"name": spec.name, "namespace": spec.namespace, "labels": labels}
 
 
-def trainjob_manifest(spec: JobSpec) -> dict[str, Any]:
-    """A TrainJob on the `torch-distributed` ClusterTrainingRuntime, overriding pool and volume."""
-    volumes, mounts = _volumes(spec)
+def _pod_placement(spec: JobSpec, volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pod spec fields both job kinds set alike: service account, GPU pool placement, volumes."""
     pod: dict[str, Any] = {}
     if spec.service_account:
         pod["serviceAccountName"] = spec.service_account
@@ -119,6 +118,14 @@ def trainjob_manifest(spec: JobSpec) -> dict[str, Any]:
         pod["tolerations"] = list(spec.tolerations)
     if volumes:
         pod["volumes"] = volumes
+    return pod
+
+
+def trainjob_manifest(spec: JobSpec) -> dict[str, Any]:
+    """A TrainJob on the `torch-distributed` ClusterTrainingRuntime, overriding pool and volume."""
+    volumes, mounts = _volumes(spec)
+    pod = _pod_placement(spec, volumes)
+    if volumes:
         pod["containers"] = [{"name": "node", "volumeMounts": mounts}]
     body: dict[str, Any] = {
         "apiVersion": "trainer.kubeflow.org/v1alpha1",
@@ -159,15 +166,7 @@ def pytorchjob_manifest(spec: JobSpec) -> dict[str, Any]:
     }
     if mounts:
         container["volumeMounts"] = mounts
-    pod: dict[str, Any] = {"containers": [container]}
-    if spec.service_account:
-        pod["serviceAccountName"] = spec.service_account
-    if spec.node_selector:
-        pod["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod["tolerations"] = list(spec.tolerations)
-    if volumes:
-        pod["volumes"] = volumes
+    pod: dict[str, Any] = {"containers": [container], **_pod_placement(spec, volumes)}
     template = {"metadata": {"labels": {"app.kubernetes.io/part-of": "mem1"}}, "spec": pod}
     replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}}
     if spec.num_nodes > 1:
