@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import torch
 
@@ -73,3 +74,35 @@ def reference_per_turn(lm: torch.nn.Module, head: torch.nn.Module, traj: Traject
             lps.append(logp.gather(-1, torch.tensor(turn.output_ids)[:, None]).squeeze(-1))
             vals.append(head(pred_h).squeeze(-1))
     return lps, vals
+
+
+def compose_small(
+    out: Path, n_train_tasks: int = 16, n_eval_tasks: int = 2, eval_objectives: tuple[int, ...] = (1,)
+) -> Path:
+    """A composed data dir from the small world the rl tests train on (60 people, 30 films)."""
+    from mem1_core.config import ComposeConfig, WorldConfig
+    from mem1_core.data import compose
+
+    cfg = ComposeConfig(
+        world=WorldConfig(n_people=60, n_films=30, n_cities=10, n_companies=10),
+        n_train_tasks=n_train_tasks,
+        n_eval_tasks=n_eval_tasks,
+        eval_objectives=list(eval_objectives),
+    )
+    compose.run(cfg, out)
+    return out
+
+
+def untrained_tiny_model(data_dir: Path, out: Path) -> Path:
+    """An untrained tiny model with a tokenizer trained on the corpus, saved (PPO mechanics, not learning)."""
+    from mem1_core import models
+    from mem1_core.config import TinyModelConfig
+    from mem1_core.data.compose import load_corpus
+
+    tok = models.train_tokenizer([d.contents for d in load_corpus(data_dir)], 600)
+    tiny = TinyModelConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, vocab_size=600,
+    )  # fmt: skip
+    model = models.build_tiny_model(tiny, tok, seed=0)
+    return models.save_model(model, tok, out)

@@ -8,51 +8,27 @@ from pathlib import Path
 
 import pytest
 import torch
+from rl_helpers import compose_small, untrained_tiny_model
 
-from mem1_core.config import ComposeConfig, PPOConfig, TinyModelConfig, WorldConfig
+from mem1_core.config import PPOConfig
 from mem1_core.rl import checkpoint, ppo
 from mem1_core.rl.trajectory import stitch
 
 TIMING = ("update_tokens_per_s", "rollout_s", "rollout_tokens_per_s", "score_s", "step_s")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mem1_core.data import compose
-
-    out = tmp_path_factory.mktemp("data")
-    cfg = ComposeConfig(
-        world=WorldConfig(n_people=60, n_films=30, n_cities=10, n_companies=10),
-        n_train_tasks=16,
-        n_eval_tasks=2,
-        eval_objectives=[1],
-    )
-    compose.run(cfg, out)
-    return out
+    return compose_small(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
 def model_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny model with a tokenizer trained on the data (PPO mechanics, not learning)."""
-    from mem1_core import models
-    from mem1_core.data.compose import load_corpus
-
-    texts = [d.contents for d in load_corpus(data_dir)]
-    tok = models.train_tokenizer(texts, 600)
-    tiny = TinyModelConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, vocab_size=600,
-    )  # fmt: skip
-    model = models.build_tiny_model(tiny, tok, seed=0)
-    return models.save_model(model, tok, tmp_path_factory.mktemp("sft") / "model")
+    return untrained_tiny_model(data_dir, tmp_path_factory.mktemp("sft") / "model")
 
 
 def small_ppo(**over) -> PPOConfig:

@@ -6,20 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from rl_helpers import INFO_LO, random_trajectory
+from rl_helpers import INFO_LO, compose_small, random_trajectory
 
-from mem1_core.config import ComposeConfig, SFTConfig, TinyModelConfig, WorldConfig
+from mem1_core.config import SFTConfig, TinyModelConfig
 from mem1_core.rl import sft
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two shared cores: one intra-op thread avoids oversubscription (several x faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_sft_config(**over) -> SFTConfig:
@@ -33,17 +25,9 @@ def small_sft_config(**over) -> SFTConfig:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mem1_core.data import compose
-
-    out = tmp_path_factory.mktemp("data")
-    cfg = ComposeConfig(
-        world=WorldConfig(n_people=60, n_films=30, n_cities=10, n_companies=10),
-        n_train_tasks=24,
-        n_eval_tasks=4,
-        eval_objectives=[1, 2],
+    return compose_small(
+        tmp_path_factory.mktemp("data"), n_train_tasks=24, n_eval_tasks=4, eval_objectives=(1, 2)
     )
-    compose.run(cfg, out)
-    return out
 
 
 def test_examples_put_loss_on_outputs_only() -> None:
