@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,31 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """KEY=VALUE pairs; values are JSON when they parse, else strings."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mem1_core.config import ConfigError, load_config
+    from mem1_core.commands.overrides import config_from_args
     from mem1_core.data import compose
 
-    try:
-        overrides = parse_overrides(args.set)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    cfg = load_config(args.config, overrides).compose
+    cfg = config_from_args(args).compose
     result = compose.run(cfg, Path(args.out))
     counts = result.manifest["counts"]
     per_n = ", ".join(f"{n}:{k}" for n, k in counts["eval_tasks_per_objective"].items())

@@ -27,15 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mem1_core.commands.compose import parse_overrides
-    from mem1_core.config import ConfigError, load_config
+    from mem1_core.commands.overrides import config_from_args
     from mem1_core.eval import evaluate
 
-    try:
-        overrides = parse_overrides(args.set)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    cfg = load_config(args.config, overrides)
+    cfg = config_from_args(args)
     result = evaluate.run(
         cfg.eval,
         Path(args.data_dir),

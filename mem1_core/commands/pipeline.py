@@ -8,7 +8,6 @@ whole pipeline here with kfp.local and MLflow on SQLite. KFP is imported only in
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -67,16 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_assignments(items: list[str], what: str) -> dict[str, object]:
     """NAME=VALUE pairs; values are JSON when they parse (numbers, lists, booleans), else strings."""
-    out: dict[str, object] = {}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        if not sep or not name:
-            raise ValueError(f"{what} {item!r}: expected NAME=VALUE")
-        try:
-            out[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[name] = raw
-    return out
+    from mem1_core.commands.overrides import parse_assignments as parse
+
+    return parse(items, what, "NAME=VALUE")
 
 
 def _tolerations(specs: list[str] | None):  # type: ignore[no-untyped-def]

@@ -24,16 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mem1_core.commands.compose import parse_overrides
+    from mem1_core.commands.overrides import config_from_args
     from mem1_core.commands.sft import print_metrics
-    from mem1_core.config import ConfigError, load_config
     from mem1_core.rl import ppo
 
-    try:
-        overrides = parse_overrides(args.set)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    cfg = load_config(args.config, overrides).ppo
+    cfg = config_from_args(args).ppo
     model_dir = ppo.run(cfg, Path(args.data_dir), Path(args.model), Path(args.out), log=print_metrics)
     print(f"ppo model: {model_dir}")
     return 0

@@ -28,15 +28,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mem1_core import registry
-    from mem1_core.commands.compose import parse_overrides
-    from mem1_core.config import ConfigError, load_config
+    from mem1_core.commands.overrides import config_from_args
     from mem1_core.tracking import Tracker, TrackingError
 
-    try:
-        overrides = parse_overrides(args.set)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    cfg = load_config(args.config, overrides)
+    cfg = config_from_args(args)
     tracker = Tracker.from_config(cfg.tracking, cfg.run_dir)
     try:
         result = registry.run(

@@ -23,15 +23,10 @@ def print_metrics(metrics: dict[str, float], step: int) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mem1_core.commands.compose import parse_overrides
-    from mem1_core.config import ConfigError, load_config
+    from mem1_core.commands.overrides import config_from_args
     from mem1_core.rl import sft
 
-    try:
-        overrides = parse_overrides(args.set)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    cfg = load_config(args.config, overrides).sft
+    cfg = config_from_args(args).sft
     model_dir = sft.run(cfg, Path(args.data_dir), Path(args.out), log=print_metrics)
     print(f"sft model: {model_dir}")
     return 0
