@@ -107,14 +107,19 @@ def check_model_dir(model_dir: Path) -> TagGrammar:
     return load_grammar(model_dir)
 
 
-def dataset_hash(data_dir: Path) -> str:
-    path = data_dir / "manifest.json"
+def _read_json(path: Path, missing: str) -> Any:
+    """A JSON file's content; a RegistryError naming the file (and line) when absent or malformed."""
     if not path.is_file():
-        raise RegistryError(f"{path}: manifest not found (is {data_dir} a composed data dir?)")
+        raise RegistryError(f"{path}: {missing}")
     try:
-        manifest = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise RegistryError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+
+
+def dataset_hash(data_dir: Path) -> str:
+    path = data_dir / "manifest.json"
+    manifest = _read_json(path, f"manifest not found (is {data_dir} a composed data dir?)")
     value = manifest.get("dataset_hash") if isinstance(manifest, dict) else None
     if not isinstance(value, str) or not value:
         raise RegistryError(f"{path}: field 'dataset_hash' is missing or empty")
@@ -123,12 +128,7 @@ def dataset_hash(data_dir: Path) -> str:
 
 def read_eval(eval_dir: Path) -> dict[str, Any]:
     path = eval_dir / METRICS_FILE
-    if not path.is_file():
-        raise RegistryError(f"{path}: eval metrics not found (run `mem1 eval` first)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RegistryError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+    data = _read_json(path, "eval metrics not found (run `mem1 eval` first)")
     if not isinstance(data, dict) or not isinstance(data.get("grid"), list):
         raise RegistryError(f"{path}: field 'grid' (a list of rows) is missing")
     return data
