@@ -205,7 +205,37 @@ class _Memory:
         return len(self.found)
 
 
-class OracleTeacher:
+class ScriptedTeacher:
+    """A Policy whose turns come from a script reading the decoded context and the task's gold data.
+
+    Subclasses implement `script`; outputs longer than `max_new_tokens` are cut as a model's would be
+    (the episode then fails on format), so teachers obey the same budget as the models they train.
+    """
+
+    tokenizer: Any
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=False))
+
+    def script(self, context: str, item: PolicyInput) -> str:
+        raise NotImplementedError
+
+    def generate(self, batch: list[PolicyInput], stop: list[str], max_new_tokens: int) -> list[PolicyOutput]:
+        outputs = []
+        for item in batch:
+            text = self.script(self.decode(item.context_ids), item)
+            ids = self.encode(text)
+            if len(ids) > max_new_tokens:
+                ids = ids[:max_new_tokens]
+                text = self.decode(ids)
+            outputs.append(PolicyOutput(ids=ids, text=text))
+        return outputs
+
+
+class OracleTeacher(ScriptedTeacher):
     """Scripted Policy for multi-objective QA; writes compact, well-formed MEM1 turns.
 
     The internal state holds only what is still needed: `Found 1-k: a1; …; ak` (answers so far, in
@@ -234,22 +264,8 @@ class OracleTeacher:
         self._turns_left_re = re.compile(r"Turns left: (\d+)\.")
         self._max_turns_re = re.compile(r"You have (\d+) turns\.")
 
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def decode(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=False))
-
-    def generate(self, batch: list[PolicyInput], stop: list[str], max_new_tokens: int) -> list[PolicyOutput]:
-        outputs = []
-        for item in batch:
-            text = self.turn_text(self.decode(item.context_ids), item.task.objectives, item.turn_index)
-            ids = self.encode(text)
-            if len(ids) > max_new_tokens:  # cut like a model would be; the episode then fails format
-                ids = ids[:max_new_tokens]
-                text = self.decode(ids)
-            outputs.append(PolicyOutput(ids=ids, text=text))
-        return outputs
+    def script(self, context: str, item: PolicyInput) -> str:
+        return self.turn_text(context, item.task.objectives, item.turn_index)
 
     # -- one turn, from the decoded context -------------------------------------------------------
 

@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from mem1_core.agent.policy import ScriptedTeacher
 from mem1_core.agent.tags import DEFAULT_GRAMMAR, TagGrammar
-from mem1_core.agent.types import PolicyInput, PolicyOutput
+from mem1_core.agent.types import PolicyInput
 from mem1_core.data.shop_catalog import ShopGoal, goals_from_task, normalize_text
 from mem1_core.envs.shop import BACK_TO_SEARCH, BUY_NOW, NEXT_PAGE, PREV_PAGE
 
@@ -68,7 +69,7 @@ def _is_selected(page: str, value: str) -> bool:
     return False
 
 
-class ShopOracleTeacher:
+class ShopOracleTeacher(ScriptedTeacher):
     """Scripted Policy for shop tasks (agent.types.Policy); `tokenizer` is any HF tokenizer."""
 
     def __init__(self, tokenizer: Any, grammar: TagGrammar = DEFAULT_GRAMMAR):
@@ -77,22 +78,8 @@ class ShopOracleTeacher:
         self._state_pattern = _state_re(grammar)
         self._info_pattern = _info_re(grammar)
 
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def decode(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=False))
-
-    def generate(self, batch: list[PolicyInput], stop: list[str], max_new_tokens: int) -> list[PolicyOutput]:
-        outputs = []
-        for item in batch:
-            text = self.turn_text(self.decode(item.context_ids), goals_from_task(item.task))
-            ids = self.encode(text)
-            if len(ids) > max_new_tokens:  # cut as a model would be; the episode then fails format
-                ids = ids[:max_new_tokens]
-                text = self.decode(ids)
-            outputs.append(PolicyOutput(ids=ids, text=text))
-        return outputs
+    def script(self, context: str, item: PolicyInput) -> str:
+        return self.turn_text(context, goals_from_task(item.task))
 
     # -- one turn, from the context text ------------------------------------------------------------
 
