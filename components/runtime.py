@@ -348,13 +348,20 @@ DEEPSPEED_CONFIG = "configs/deepspeed_zero3.json"  # relative to the images' WOR
 def step_command(
     kind: str, config_path: Path, data_dir: Path, model_dir: Path | None, out_dir: Path
 ) -> list[str]:
-    """`mem1 sft|ppo` as a torchrun module; the trained model lands in OUT/model (the CLI's layout)."""
+    """`mem1 sft|ppo` as a torchrun module; the trained model lands in OUT/model (the CLI's layout).
+
+    Multi-GPU workers use the step's own `deepspeed_config` when it names one, else ZeRO-3, for SFT
+    and PPO alike.
+    """
+    import yaml
+
     args = ["-m", "mem1_core.cli", kind, "--config", str(config_path), "--data-dir", str(data_dir)]
     if model_dir is not None:
         args += ["--model", str(model_dir)]
     args += ["--out", str(out_dir)]
-    if kind == "ppo":
-        args += ["--set", f"ppo.deepspeed_config={DEEPSPEED_CONFIG}"]
+    section = (yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}).get(kind) or {}
+    if not section.get("deepspeed_config"):
+        args += ["--set", f"{kind}.deepspeed_config={DEEPSPEED_CONFIG}"]
     return args
 
 

@@ -6,6 +6,7 @@ at it, so create / watch / delete go through the real client, serialiser and url
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -295,12 +296,15 @@ def test_run_distributed_step_stages_workspace_and_copies_model_back(tmp_path: P
         original_post = srv.httpd.RequestHandlerClass.do_POST
 
         def do_post(handler: Any) -> None:
-            original_post(handler)
-            body = srv.requests[-1]["body"]
-            args = body["spec"]["trainer"]["args"]
+            # The "workers" write the model before the API answers, so the job cannot be seen
+            # complete before its output exists (the step copies it back right after).
+            raw = handler.rfile.read(int(handler.headers["Content-Length"]))
+            args = json.loads(raw)["spec"]["trainer"]["args"]
             target = Path(args[args.index("--out") + 1]) / "model"
             target.mkdir(parents=True)
             (target / "model.safetensors").write_bytes(b"weights")
+            handler.rfile = io.BytesIO(raw)
+            original_post(handler)
 
         srv.httpd.RequestHandlerClass.do_POST = do_post  # type: ignore[method-assign]
         result = run_distributed_step(
@@ -326,3 +330,16 @@ def test_run_distributed_step_stages_workspace_and_copies_model_back(tmp_path: P
     assert yaml.safe_load(Path(args[args.index("--config") + 1]).read_text()) == {"ppo": {"steps": 1}}
     assert body["spec"]["podTemplateOverrides"][0]["spec"]["nodeSelector"] == {"pool": "gpu"}
     assert (result / "model.safetensors").read_bytes() == b"weights"
+
+
+@pytest.mark.parametrize("kind", ["sft", "ppo"])
+def test_workers_default_to_zero3_unless_the_step_names_a_deepspeed_config(kind: str, tmp_path: Path) -> None:
+    from components.runtime import step_command, write_step_config
+
+    plain = write_step_config(kind, json.dumps({"seed": 0}), tmp_path / "plain.yaml")
+    args = step_command(kind, plain, tmp_path / "data", None, tmp_path / "out")
+    assert args[args.index("--set") + 1] == f"{kind}.deepspeed_config=configs/deepspeed_zero3.json"
+    own = write_step_config(
+        kind, json.dumps({"deepspeed_config": "configs/deepspeed_zero2.json"}), tmp_path / "own.yaml"
+    )
+    assert "--set" not in step_command(kind, own, tmp_path / "data", None, tmp_path / "out")
