@@ -126,8 +126,9 @@ def _registered(tracking_uri: str, model_name: str) -> str:
     versions = client.search_model_versions(f"name='{model_name}'")
     if not versions:
         return ""
-    v = max(versions, key=lambda mv: int(mv.version))
-    aliases = ", ".join(getattr(v, "aliases", []) or []) or "no alias"
+    newest = max(int(mv.version) for mv in versions)
+    v = client.get_model_version(model_name, str(newest))  # search results carry no aliases
+    aliases = ", ".join(v.aliases or []) or "no alias"
     return f"models:/{model_name}/{v.version} ({aliases})"
 
 

@@ -31,7 +31,7 @@ def test_whole_pipeline_locally(
 
     uri = f"sqlite:///{run_dir.resolve() / 'mlflow.db'}"
     assert f"mlflow ui --backend-store-uri {uri}" in out
-    assert "plots and metrics:" in out and "registered: models:/mem1-agent-e2e/1" in out
+    assert "plots and metrics:" in out and "registered: models:/mem1-agent-e2e/1 (candidate" in out
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.get_experiment_by_name("mem1-e2e")
