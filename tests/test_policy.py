@@ -34,6 +34,9 @@ TASK = Task(
 )
 
 
+Q2 = "Who directed the film Blue Harbor?"
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     return train_tokenizer(TEXTS, 400)
@@ -145,13 +148,13 @@ def test_oracle_solves_one_and_two_hop_objectives_from_what_it_sees(tokenizer) -
     oracle = OracleTeacher(tokenizer)
     prompt = qa_prompt(TASK.questions, 6)
     t0 = _turn(oracle, prompt, 0)
-    assert t0 == "<IS>Q1 needs Zimi Zojo</IS><query> Zimi Zojo</query>"
+    assert t0 == "<IS>Q1: In which city was Zimi Zojo born? needs Zimi Zojo</IS><query> Zimi Zojo</query>"
     t1 = _turn(oracle, prompt + t0 + _info("Zimi Zojo", "Other"), 1)
-    assert t1 == "<IS>Found 1-1: Cesteisound | Q2 needs Blue Harbor</IS><query> Blue Harbor</query>"
+    assert t1 == f"<IS>Found 1-1: Cesteisound | Q2: {Q2} needs Blue Harbor</IS><query> Blue Harbor</query>"
     t2 = _turn(oracle, prompt + t1 + _info("Blue Harbor"), 2)  # bridge found: now the director's doc
-    assert t2 == "<IS>Found 1-1: Cesteisound | Q2 needs Dagrek Po</IS><query> Dagrek Po</query>"
+    assert t2 == f"<IS>Found 1-1: Cesteisound | Q2: {Q2} needs Dagrek Po</IS><query> Dagrek Po</query>"
     t3 = _turn(oracle, prompt + t2 + _info("Dagrek Po"), 3)
-    assert t3 == "<IS>All 2 answers found.</IS><answer> Cesteisound; Dagrek Po</answer>"
+    assert t3 == "<IS>Found 1-2: Cesteisound; Dagrek Po</IS><answer> Cesteisound; Dagrek Po</answer>"
 
 
 def test_oracle_records_nothing_the_info_did_not_show(tokenizer) -> None:
@@ -163,13 +166,13 @@ def test_oracle_records_nothing_the_info_did_not_show(tokenizer) -> None:
     t2 = _turn(oracle, prompt + t1 + _info("Zimi Dogar"), 2)
     assert "<query> In which city was Zimi Zojo born?</query>" in t2
     t3 = _turn(oracle, prompt + t2 + _info(), 3)  # every query failed: give up on Q1, go on with Q2
-    assert t3 == f"<IS>Found 1-1: {UNKNOWN} | Q2 needs Blue Harbor</IS><query> Blue Harbor</query>"
+    assert t3 == f"<IS>Found 1-1: {UNKNOWN} | Q2: {Q2} needs Blue Harbor</IS><query> Blue Harbor</query>"
 
 
 def test_oracle_answers_on_the_last_turn_with_what_it_has(tokenizer) -> None:
     oracle = OracleTeacher(tokenizer)
     prompt = qa_prompt(TASK.questions, 6)
-    state = "<IS>Found 1-1: Cesteisound | Q2 needs Blue Harbor</IS><query> Blue Harbor</query>"
+    state = f"<IS>Found 1-1: Cesteisound | Q2: {Q2} needs Blue Harbor</IS><query> Blue Harbor</query>"
     text = _turn(oracle, prompt + state + _info("Nothing", left=1), 4)
     assert text.endswith(f"<answer> Cesteisound; {UNKNOWN}</answer>")
     assert _turn(oracle, qa_prompt(TASK.questions, 1), 0).endswith(f"<answer> {UNKNOWN}; {UNKNOWN}</answer>")
@@ -180,3 +183,18 @@ def test_oracle_output_is_cut_at_max_new_tokens(tokenizer) -> None:
     ids = tokenizer.encode(qa_prompt(TASK.questions, 6), add_special_tokens=False)
     out = oracle.generate([PolicyInput(ids, TASK, 0)], stop=[], max_new_tokens=3)[0]
     assert len(out.ids) == 3 and not parse_turn(out.text).ok
+
+
+def test_oracle_state_keeps_the_open_question_even_when_it_says_needs(tokenizer) -> None:
+    """The state repeats the open question; a question containing ' needs ' must not confuse the hop."""
+    question = "Who needs the director of the film Blue Harbor?"
+    two_hop = Objective(question, ("Dagrek Po",), ("film-2", "person-3"), ("Blue Harbor", "Dagrek Po"), 2)
+    task = Task(id="n", objectives=(two_hop,))
+    oracle = OracleTeacher(tokenizer)
+    prompt = qa_prompt(task.questions, 6)
+    t0 = oracle.turn_text(prompt, task.objectives, 0)
+    assert t0 == f"<IS>Q1: {question} needs Blue Harbor</IS><query> Blue Harbor</query>"
+    t1 = oracle.turn_text(prompt + t0 + _info("Blue Harbor"), task.objectives, 1)
+    assert t1 == f"<IS>Q1: {question} needs Dagrek Po</IS><query> Dagrek Po</query>"
+    t2 = oracle.turn_text(prompt + t1 + _info("Other"), task.objectives, 2)  # a miss: same hop, longer query
+    assert t2.startswith(f"<IS>Q1: {question} needs Dagrek Po</IS><query> Dagrek Po {question}")

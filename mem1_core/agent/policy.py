@@ -239,9 +239,11 @@ class OracleTeacher(ScriptedTeacher):
     """Scripted Policy for multi-objective QA; writes compact, well-formed MEM1 turns.
 
     The internal state holds only what is still needed: `Found 1-k: a1; …; ak` (answers so far, in
-    question order, exactly as the final answer will list them), then `| Qj needs <title>` for the
-    open one (the next supporting document to find; after a bridge document this names the bridge
-    entity). An answer is recorded only once every supporting document
+    question order, exactly as the final answer will list them), then `| Qj: <question> needs <title>`
+    for the open one (its question, so the next document is read beside what it must answer, and the
+    next supporting document to find; after a bridge document this names the bridge entity). The
+    last state lists every answer, so the `<answer>` after it copies from right beside it.
+    An answer is recorded only once every supporting document
     of its objective has appeared in an `<info>`; a document that does not show up is searched again
     with a longer query, then given up on (`Qk=unknown`). It answers all objectives, `; `-separated,
     once it has them or when only one turn is left.
@@ -260,7 +262,7 @@ class OracleTeacher(ScriptedTeacher):
         self._query_re = re.compile(tag(g.query), re.S)
         self._info_re = re.compile(tag(g.info), re.S)
         self._found_re = re.compile(r"^Found 1-(\d+): (.*?)(?: \| |$)", re.S)
-        self._open_re = re.compile(r"(?:^| \| )Q(\d+) needs (.+)$", re.S)
+        self._open_re = re.compile(r"(?:^| \| )Q(\d+): (.+)$", re.S)
         self._turns_left_re = re.compile(r"Turns left: (\d+)\.")
         self._max_turns_re = re.compile(r"You have (\d+) turns\.")
 
@@ -284,8 +286,7 @@ class OracleTeacher(ScriptedTeacher):
         n = len(objectives)
         if query is None or turns_left <= 1:
             answers = memory.found + [UNKNOWN] * (n - len(memory.found))
-            all_found = query is None and all(a != UNKNOWN for a in answers)
-            state = f"All {n} answers found." if all_found else self._state_text(memory, objectives)
+            state = self._state_text(memory, objectives)
             action = f"{g.open(g.answer)} {f'{g.answer_separator} '.join(answers)}{g.close(g.answer)}"
         else:
             state = self._state_text(memory, objectives)
@@ -320,8 +321,9 @@ class OracleTeacher(ScriptedTeacher):
             memory.found = [a.strip() for a in found.group(2).split("; ")][: min(int(found.group(1)), n)]
         opened = self._open_re.search(state)
         if opened and memory.current < n and int(opened.group(1)) - 1 == memory.current:
-            needs = self._needs(objectives[memory.current])
-            needed = opened.group(2).strip()
+            obj = objectives[memory.current]
+            needs = self._needs(obj)
+            needed = opened.group(2).strip().removeprefix(f"{obj.question.strip()} needs ")
             memory.hop = needs.index(needed) if needed in needs else 0
         return memory
 
@@ -355,7 +357,8 @@ class OracleTeacher(ScriptedTeacher):
         parts = [f"Found 1-{len(memory.found)}: {'; '.join(memory.found)}"] if memory.found else []
         if memory.current < len(objectives):
             needs = self._needs(objectives[memory.current])
-            parts.append(f"Q{memory.current + 1} needs {needs[memory.hop]}")
+            question = objectives[memory.current].question.strip()
+            parts.append(f"Q{memory.current + 1}: {question} needs {needs[memory.hop]}")
         return " | ".join(parts)
 
     @staticmethod

@@ -177,15 +177,20 @@ def format_state(state: str, grammar: TagGrammar = DEFAULT_GRAMMAR) -> str:
 
 
 def qa_prompt(questions: list[str], max_turns: int, grammar: TagGrammar = DEFAULT_GRAMMAR) -> str:
-    """The task prompt for multi-objective QA, after the reference implementation's wording."""
+    """The task prompt for multi-objective QA, after the reference implementation's wording.
+
+    Instructions first, the `; `-joined questions last (as Search-R1-style prompts end on the
+    question), so the questions sit right before the first turn the model writes from them.
+    """
     g = grammar
     joined = "; ".join(q.strip() for q in questions)
     n = len(questions)
     return (
-        f"Answer {n} question{'s' if n > 1 else ''}: {joined}\n"
+        f"Answer {n} question{'s' if n > 1 else ''}. "
         f"Each turn, first write {g.open(g.state)}…{g.close(g.state)}: a cumulative summary of everything "
         f"you still need, your persistent memory; older turns are erased. Then either search for one "
         f"question with {g.open(g.query)}…{g.close(g.query)}, or answer all questions at once, in order, "
         f"separated by '{g.answer_separator} ', with {g.open(g.answer)}…{g.close(g.answer)}. "
         f"Search results arrive in {g.open(g.info)}…{g.close(g.info)}. You have {max_turns} turns.\n"
+        f"Question{'s' if n > 1 else ''}: {joined}\n"
     )
