@@ -203,7 +203,8 @@ def test_sft_tiny_model_beats_untrained_and_random(data_dir: Path, tmp_path: Pat
     )
     model_dir = sft.run(cfg, data_dir, tmp_path / "sft")
     summary = json.loads((tmp_path / "sft" / "sft_summary.json").read_text())
-    assert summary["teacher_mean_reward"] == 1.0  # the shop oracle, not the QA one, wrote the data
+    # the shop teacher that does not know the target (not the QA one, not the evaluation oracle)
+    assert summary["teacher_mean_reward"] > 0.8
 
     # the floors: the same architecture and tokenizer untrained, and a random valid-action policy
     _, tokenizer = models.load_model(model_dir, cfg.model)

@@ -121,12 +121,17 @@ def env_factory_for(
     return factory
 
 
-def teacher_for(domain: str, tokenizer: Any, grammar: TagGrammar = DEFAULT_GRAMMAR) -> Any:
-    """The scripted oracle teacher of a domain (a Policy that reads gold data from the task)."""
+def teacher_for(
+    domain: str, tokenizer: Any, grammar: TagGrammar = DEFAULT_GRAMMAR, for_sft: bool = False
+) -> Any:
+    """The scripted teacher of a domain (a Policy that reads gold data from the task).
+
+    `for_sft`: the teacher SFT imitates, which must act on what a model sees; for shop that is the
+    teacher that does not know the target product (the evaluation oracle does)."""
     if check_domain(domain) == "shop":
         from mem1_core.agent.shop_oracle import ShopOracleTeacher
 
-        return ShopOracleTeacher(tokenizer, grammar)
+        return ShopOracleTeacher(tokenizer, grammar, knows_target=not for_sft)
     from mem1_core.agent.policy import OracleTeacher
 
     return OracleTeacher(tokenizer, grammar)

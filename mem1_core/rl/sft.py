@@ -50,7 +50,7 @@ def oracle_trajectories(
     from mem1_core.agent.rollout import run_episodes
     from mem1_core.envs import domains
 
-    teacher = domains.teacher_for(domain, tokenizer, grammar)
+    teacher = domains.teacher_for(domain, tokenizer, grammar, for_sft=True)
     return run_episodes(tasks, env_factory, teacher, agent_cfg, mode=agent_cfg.mode)
 
 
