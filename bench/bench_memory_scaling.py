@@ -50,7 +50,7 @@ def main(results_dir: Path) -> dict[str, float]:
     tokenizer = train_tokenizer(tokenizer_texts(train, docs), VOCAB)
     oracle = OracleTeacher(tokenizer)
     backend = BM25Backend(docs)
-    agent = AgentConfig(temperature=0.0)  # the defaults the eval grid uses (96 new tokens per turn)
+    agent = AgentConfig(temperature=0.0)  # the defaults the eval grid uses (192 new tokens per turn)
 
     def env_factory(task):  # type: ignore[no-untyped-def]
         return QAEnvironment(task, backend, max_turns=agent.turns_for(task.n_objectives), topk=agent.topk)

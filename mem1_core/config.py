@@ -132,7 +132,9 @@ class AgentConfig(StrictModel):
     max_turns: int | None = Field(
         None, ge=1, description="default: per domain (envs.domains.default_turns): QA 2n+2, shop 7n+2"
     )
-    max_new_tokens: int = Field(96, ge=1)
+    max_new_tokens: int = Field(
+        192, ge=1, description="per turn; the oracle's last QA turn lists the N answers twice (state, answer)"
+    )
     topk: int = Field(3, ge=1)
     temperature: float = Field(1.0, ge=0.0, description="0 = greedy")
     batch_size: int = Field(64, ge=1)
