@@ -23,7 +23,7 @@ from mem1_core.data.shop_catalog import (
 from mem1_core.envs.shop import ShopEnvironment, make_shop_env_factory, shop_prompt
 from mem1_core.models import train_tokenizer
 
-AGENT = AgentConfig(temperature=0.0)  # the default 96 new tokens: oracle turns must fit what SFT uses
+AGENT = AgentConfig(temperature=0.0, max_new_tokens=96)  # oracle turns fit well under the default
 
 
 def shop_tokenizer(catalog: Catalog, instructions: list[str]) -> object:

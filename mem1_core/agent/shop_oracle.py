@@ -171,7 +171,7 @@ class ShopOracleTeacher(ScriptedTeacher):
         return f"click[{BACK_TO_SEARCH}]", tries
 
     def _state_text(self, item: int, n: int, goal: ShopGoal, tries: int) -> str:
-        # a summary, not a copy of the instruction (the prompt keeps that): it fits 96 new tokens
+        # a summary, not a copy of the instruction (the prompt keeps that): it fits in 96 new tokens
         want = ", ".join([*goal.attributes[:STATE_ATTRIBUTES], *goal.options])
         return (
             f"Buying item {item + 1} of {n}: {goal.query or 'item'} ({want}) under ${goal.price_upper:.2f}. "

@@ -1,0 +1,56 @@
+"""The learning bench's own parts: its significance test, its slot labels, and its failing path."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.bench_learning import SLOTS, _slot, fisher_greater, main
+from mem1_core.agent.tags import DEFAULT_GRAMMAR as G
+
+
+def test_fisher_greater_matches_the_hypergeometric_tail() -> None:
+    # 5 of 64 right against 0 of 64: the only table at least as extreme puts all 5 in the first group.
+    assert fisher_greater(5, 64, 0, 64) == pytest.approx(math.comb(64, 5) / math.comb(128, 5))
+    assert fisher_greater(0, 64, 0, 64) == pytest.approx(1.0)
+    assert fisher_greater(3, 10, 3, 10) > 0.5  # equal groups are not evidence
+    assert fisher_greater(10, 20, 2, 20) < 0.01
+
+
+def test_slots_name_what_each_token_copies() -> None:
+    turn = "<IS>Found 1-1: Paitum Labs | Q2: Who directed the film Blue Harbor? needs Blue Harbor</IS>"
+    assert _slot("<IS>Found 1-1:", " Paitum", G) == "found"
+    assert _slot("<IS>Found 1-1: Paitum Labs | Q2:", " Who", G) == "question"
+    assert _slot(turn[: turn.index(" needs") + 6], " Blue", G) == "needs"
+    assert _slot(turn + "<query>", " Blue", G) == "query"
+    assert _slot("<IS>Found 1-2: a; b</IS><answer>", " a", G) == "answer"
+    assert _slot("<IS>Found 1-1: a</IS>", "<query>", G) == "format"
+    assert set(SLOTS) == {"question", "needs", "found", "query", "answer", "format"}
+
+
+@pytest.mark.slow
+def test_bench_fails_and_still_writes_its_table_when_sft_is_not_above_untrained(tmp_path: Path) -> None:
+    """A few SFT steps cannot beat chance: the bench must say so (raise) after writing the numbers."""
+    tiny = {
+        "compose.world": {"seed": 0, "n_people": 40, "n_films": 12, "n_cities": 6, "n_companies": 6},
+        "compose.n_train_tasks": 8,
+        "compose.n_eval_tasks": 2,
+        "compose.eval_objectives": [1, 2, 4, 8],
+        "compose.hops": [1],
+        "sft.model.tiny": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                           "num_key_value_heads": 1, "intermediate_size": 64, "vocab_size": 512},
+        "sft.epochs": 0.5,
+        "ppo.steps": 1,
+        "ppo.prompts_per_step": 2,
+        "ppo.minibatch_size": 2,
+        "ppo.checkpoint_every": 1,
+        "eval.agent.max_new_tokens": 24,
+        "ppo.agent.max_new_tokens": 24,
+    }  # fmt: skip
+    with pytest.raises(AssertionError, match="not clearly above the untrained model"):
+        main(tmp_path, overrides=tiny)
+    table = (tmp_path / "learning.md").read_text(encoding="utf-8")
+    assert "| untrained |" in table and "| sft |" in table and "| ppo |" in table
+    assert "does NOT hold" in table and "Fisher exact" in table
