@@ -1,4 +1,4 @@
-"""A scripted teacher for the shop domain: reads its context, knows each instruction's target product.
+"""Scripted teachers for the shop domain: they read their context and each instruction's goal.
 
 It writes the turns a good MEM1 agent would: a compact internal state (which instruction it is on,
 what it wants, how many searches it has tried) and one WebShop action. Everything it needs is in
@@ -64,6 +64,12 @@ def _available_options(page: str) -> set[str]:
             continue
         values.update(normalize_text(v) for v in line.split(": ", 1)[1].split(" | "))
     return values
+
+
+def _more_pages(page: str) -> bool:
+    """Is there a next results page worth looking at (within MAX_PAGES)?"""
+    pages = _PAGE_RE.search(page)
+    return pages is not None and int(pages.group(1)) < min(int(pages.group(2)), MAX_PAGES)
 
 
 def _is_selected(page: str, value: str) -> bool:
@@ -144,8 +150,7 @@ class ShopOracleTeacher(ScriptedTeacher):
                 return self._click_target(page, goal, tries)
             best = self.best_result(page, goal)
             full = len([a for a in (*goal.attributes, goal.query) if a]) + 1
-            pages = _PAGE_RE.search(page)
-            more = pages is not None and int(pages.group(1)) < min(int(pages.group(2)), MAX_PAGES)
+            more = _more_pages(page)
             if best is not None and (best[1] == full or not more):
                 return f"click[{best[0]}]", tries
             if more:
@@ -165,8 +170,7 @@ class ShopOracleTeacher(ScriptedTeacher):
             return f"click[{goal.asin}]", tries
         if tries > MAX_TRIES and listed:
             return f"click[{listed[0]}]", tries
-        pages = _PAGE_RE.search(page)
-        if pages and int(pages.group(1)) < min(int(pages.group(2)), MAX_PAGES):
+        if _more_pages(page):
             return f"click[{NEXT_PAGE}]", tries
         return f"click[{BACK_TO_SEARCH}]", tries
 
