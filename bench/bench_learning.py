@@ -49,7 +49,7 @@ OVERRIDES: dict[str, object] = {
     "compose.n_eval_tasks": 32,
     "compose.hops": [1],
     "sft.model.tiny.vocab_size": 1024,
-    "sft.epochs": 2.0,
+    "sft.epochs": 4.0,
     "eval.agent.max_new_tokens": 128,
     "ppo.agent.max_new_tokens": 128,
     "sft.agent.max_new_tokens": 128,
