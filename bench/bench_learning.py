@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from mem1_core import models  # noqa: E402
 from mem1_core.agent.policy import HFPolicy  # noqa: E402
 from mem1_core.agent.rollout import run_episodes  # noqa: E402
-from mem1_core.config import PipelineConfig, load_config  # noqa: E402
+from mem1_core.config import load_config  # noqa: E402
 from mem1_core.data import compose  # noqa: E402
 from mem1_core.eval.metrics import summarize  # noqa: E402
 from mem1_core.rl import ppo, sft  # noqa: E402
@@ -78,11 +78,7 @@ def fisher_greater(k1: int, n1: int, k0: int, n0: int) -> float:
     return sum(pmf(x) for x in range(k1, min(total, n1) + 1))
 
 
-def _rollouts(model_dir: Path, data_dir: Path, cfg: PipelineConfig, n: int) -> dict[str, float]:
-    model, tok = models.load_model(model_dir)
-    agent = cfg.eval.agent.model_copy(update={"temperature": 0.0, "mode": "mem1"})
-    tasks = [t for t in compose.load_tasks(data_dir, "eval") if t.n_objectives == n]
-    factory = sft.make_env_factory(compose.load_corpus(data_dir), agent)
+def _rollouts(model: Any, tok: Any, tasks: list[Any], factory: Any, agent: Any) -> dict[str, float]:
     policy = HFPolicy(model, tok, temperature=0.0, batch_size=agent.batch_size)
     return summarize(run_episodes(tasks, factory, policy, agent, mode="mem1", progress=False))
 
@@ -110,14 +106,9 @@ def _slot(prefix: str, piece: str, g: Any) -> str:
 
 
 def slot_accuracy(
-    model_dir: Path, data_dir: Path, cfg: PipelineConfig, n: int
+    model: Any, tok: Any, grammar: Any, tasks: list[Any], factory: Any, agent: Any
 ) -> dict[str, tuple[float, int]]:
     """Greedy next-token accuracy on the oracle's held-out turns, by slot: {slot: (accuracy, tokens)}."""
-    model, tok = models.load_model(model_dir)
-    grammar = models.load_grammar(model_dir)
-    agent = cfg.eval.agent.model_copy(update={"mode": "mem1"})
-    tasks = [t for t in compose.load_tasks(data_dir, "eval") if t.n_objectives == n]
-    factory = sft.make_env_factory(compose.load_corpus(data_dir), agent)
     trajs = sft.oracle_trajectories(tasks, factory, tok, agent)
     right: dict[str, int] = defaultdict(int)
     total: dict[str, int] = defaultdict(int)
@@ -161,8 +152,19 @@ def main(
         )
         dirs = {"untrained": untrained, "sft": sft_dir, "ppo": ppo_dir}
         t0 = time.perf_counter()
-        grid = {(k, n): _rollouts(d, data, cfg, n) for k, d in dirs.items() for n in OBJECTIVES}
-        slots = {k: slot_accuracy(d, data, cfg, GATE_OBJECTIVES) for k, d in dirs.items()}
+        # one corpus index, one env factory and one load per model for the whole grid
+        agent = cfg.eval.agent.model_copy(update={"temperature": 0.0, "mode": "mem1"})
+        factory = sft.make_env_factory(compose.load_corpus(data), agent)
+        eval_tasks = compose.load_tasks(data, "eval")
+        by_n = {n: [t for t in eval_tasks if t.n_objectives == n] for n in OBJECTIVES}
+        grid: dict[tuple[str, int], dict[str, float]] = {}
+        slots: dict[str, dict[str, tuple[float, int]]] = {}
+        for k, d in dirs.items():
+            model, tok = models.load_model(d)
+            for n in OBJECTIVES:
+                grid[(k, n)] = _rollouts(model, tok, by_n[n], factory, agent)
+            grammar = models.load_grammar(d)
+            slots[k] = slot_accuracy(model, tok, grammar, by_n[GATE_OBJECTIVES], factory, agent)
         times["evaluate"] = time.perf_counter() - t0
         n_eval = int(grid[("sft", GATE_OBJECTIVES)]["n_trajectories"])
 
