@@ -228,7 +228,10 @@ class RegisterConfig(StrictModel):
     model_name: str = "mem1-agent"
     gate_objectives: int = Field(2, ge=1, le=MAX_OBJECTIVES)
     gate_mode: str = "mem1"
-    em_floor: float = Field(0.0, ge=0)
+    # What the gate compares: `auto` is EM for QA and the mean WebShop reward for shop (where EM only
+    # says "the exact target was bought", which a tiny model almost never does).
+    gate_metric: Literal["auto", "em", "f1", "reward", "success_rate"] = "auto"
+    em_floor: float = Field(0.0, ge=0)  # floor of the gate metric (named before shop existed)
 
 
 class TrackingConfig(StrictModel):

@@ -9,10 +9,11 @@ answers questions the way the model was evaluated. The wrapped model dir is the 
 pyfunc artifact together with the prompt template and, when small, the retrieval corpus.
 
 Aliases: `candidate` always names the newest registered version; `champion` moves only when the
-gate passes (EM at the configured objectives/mode beats both the current champion's and the
-floor). Everything is validated and built locally before the first remote call; if a remote call
-still fails after retries, a version created on the way is deleted so no half-registered version
-is left, and the registration run is marked FAILED.
+gate passes (the gate metric at the configured objectives/mode, EM for QA and mean reward for
+shop unless `gate_metric` says otherwise, beats both the current champion's and the floor).
+Everything is validated and built locally before the first remote call; if a remote call still
+fails after retries, a version created on the way is deleted so no half-registered version is left,
+and the registration run is marked FAILED.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ TAG_WEIGHTS = "mem1.weights_sha256"
 TAG_DATASET = "mem1.dataset_hash"
 TAG_COMMIT = "mem1.git_commit"
 TAG_PIPELINE = "mem1.pipeline_run_id"
-TAG_GATE_EM = "mem1.gate_em"
+TAG_GATE_EM = "mem1.gate_em"  # the gate metric's value (EM unless mem1.gate_key says otherwise)
 TAG_GATE_KEY = "mem1.gate_key"
 TAG_GATE_PASSED = "mem1.gate_passed"
 TAG_GATE_REASON = "mem1.gate_reason"
@@ -134,31 +135,43 @@ def read_eval(eval_dir: Path) -> dict[str, Any]:
     return data
 
 
-def gate_em(eval_data: dict[str, Any], objectives: int, mode: str, source: str = METRICS_FILE) -> float:
-    """EM of the grid row (objectives, mode): eval.metrics `em`, mean over objectives (0..1) and tasks."""
+def gate_metric_for(cfg: RegisterConfig, domain: str) -> str:
+    """The eval metric the gate compares; `auto` picks EM for QA and the mean reward for shop."""
+    if cfg.gate_metric != "auto":
+        return cfg.gate_metric
+    return "reward" if domain == "shop" else "em"
+
+
+def gate_em(
+    eval_data: dict[str, Any], objectives: int, mode: str, source: str = METRICS_FILE, metric: str = "em"
+) -> float:
+    """`metric` (default EM, mean over objectives and tasks, 0..1) of the grid row (objectives, mode)."""
     cells = []
     for i, row in enumerate(eval_data["grid"]):
         if not isinstance(row, dict):
             raise RegistryError(f"{source}: grid[{i}] is not an object")
         cells.append((row.get("objectives"), row.get("mode")))
         if row.get("objectives") == objectives and row.get("mode") == mode:
-            if not isinstance(row.get("em"), int | float):
-                raise RegistryError(f"{source}: grid[{i}].em is missing or not a number")
-            return float(row["em"])
+            if not isinstance(row.get(metric), int | float):
+                raise RegistryError(f"{source}: grid[{i}].{metric} is missing or not a number")
+            return float(row[metric])
     raise RegistryError(
         f"{source}: no grid row for objectives={objectives} mode={mode!r} (the gate needs it); rows: {cells}"
     )
 
 
-def promotion_gate(candidate: float, champion: float | None, floor: float) -> tuple[bool, str]:
+def promotion_gate(
+    candidate: float, champion: float | None, floor: float, metric: str = "em"
+) -> tuple[bool, str]:
     """Promote only a strict improvement over both the floor and the current champion."""
+    name = "EM" if metric == "em" else metric
     if candidate <= floor:
-        return False, f"EM {candidate:.4f} does not beat the floor {floor:.4f}"
+        return False, f"{name} {candidate:.4f} does not beat the floor {floor:.4f}"
     if champion is not None and candidate <= champion:
-        return False, f"EM {candidate:.4f} does not beat the champion's {champion:.4f}"
+        return False, f"{name} {candidate:.4f} does not beat the champion's {champion:.4f}"
     if champion is None:
-        return True, f"EM {candidate:.4f} beats the floor {floor:.4f}; no champion yet"
-    return True, f"EM {candidate:.4f} beats the champion's {champion:.4f} and the floor {floor:.4f}"
+        return True, f"{name} {candidate:.4f} beats the floor {floor:.4f}; no champion yet"
+    return True, f"{name} {candidate:.4f} beats the champion's {champion:.4f} and the floor {floor:.4f}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,14 +484,16 @@ def run(
     w_hash = weights_hash(model_dir)
     d_hash = dataset_hash(data_dir)
     eval_data = read_eval(eval_dir)
-    candidate_em = gate_em(eval_data, cfg.gate_objectives, cfg.gate_mode, str(eval_dir / METRICS_FILE))
+    from mem1_core.envs import domains
+
+    domain = domains.domain_of(data_dir)
+    metric = gate_metric_for(cfg, domain)
+    source = str(eval_dir / METRICS_FILE)
+    candidate_em = gate_em(eval_data, cfg.gate_objectives, cfg.gate_mode, source, metric)
     agent_dict = (eval_data.get("config") or {}).get("agent") or {}
     agent = AgentConfig.model_validate({**agent_dict, "mode": cfg.gate_mode})
     corpus = data_dir / "corpus.jsonl"
     bundled = corpus if corpus.is_file() and corpus.stat().st_size <= CORPUS_BUNDLE_LIMIT else None
-    from mem1_core.envs import domains
-
-    domain = domains.domain_of(data_dir)
     catalog = data_dir / domains.PRODUCTS_FILE if domain == "shop" else None
     if open_run is not None and not pipeline_run_id:
         run_tags = tracker.call(
@@ -487,7 +502,7 @@ def run(
         pipeline_run_id = run_tags.get(TAG_PIPELINE)
     pipeline_id = pipeline_run_id or parent_run_id or "local"
     key = hashlib.sha256(f"{cfg.model_name}:{pipeline_id}:{w_hash}".encode()).hexdigest()
-    gate_key = f"em@objectives={cfg.gate_objectives},mode={cfg.gate_mode}"
+    gate_key = f"{metric}@objectives={cfg.gate_objectives},mode={cfg.gate_mode}"
     name = cfg.model_name
 
     existing = _find_version(tracker, name, key)
@@ -532,7 +547,7 @@ def run(
                     f"the champion (v{champion.version}) has no {gate_key}; promote by hand",
                 )
             else:
-                promoted, reason = promotion_gate(candidate_em, champion_em, cfg.em_floor)
+                promoted, reason = promotion_gate(candidate_em, champion_em, cfg.em_floor, metric)
             tags = {
                 TAG_KEY: key,
                 TAG_WEIGHTS: w_hash,
@@ -545,7 +560,7 @@ def run(
                 TAG_GATE_REASON: reason,
             }
             step.set_tags(tags)
-            step.log({"gate_em": candidate_em}, 0)
+            step.log({"gate_em": candidate_em, f"gate/{metric}": candidate_em}, 0)
             step.log_artifact(local, "model")
             step.log_artifact(eval_dir / METRICS_FILE, "eval")
             _ensure_registered_model(tracker, name)

@@ -100,6 +100,22 @@ def test_promotion_gate_rules() -> None:
     assert registry.promotion_gate(0.6, 0.5, 0.0)[0]
     ok, reason = registry.promotion_gate(0.3, None, 0.4)
     assert not ok and "floor" in reason
+    assert registry.promotion_gate(0.3, None, 0.4, "reward")[1].startswith("reward 0.3000 does not beat")
+
+
+def test_gate_metric_follows_the_domain() -> None:
+    """Shop EM only says the exact target was bought; its gate compares the mean WebShop reward."""
+    auto = RegisterConfig()
+    assert registry.gate_metric_for(auto, "qa") == "em"
+    assert registry.gate_metric_for(auto, "shop") == "reward"
+    assert registry.gate_metric_for(RegisterConfig(gate_metric="success_rate"), "shop") == "success_rate"
+    data = {"grid": [{"objectives": 1, "mode": "mem1", "em": 0.0, "reward": 0.42}]}
+    assert registry.gate_em(data, 1, "mem1", metric="reward") == 0.42
+    assert registry.gate_em(data, 1, "mem1") == 0.0
+    with pytest.raises(registry.RegistryError, match=r"grid\[0\]\.success_rate is missing"):
+        registry.gate_em(data, 1, "mem1", metric="success_rate")
+    with pytest.raises(ValueError, match="gate_metric"):
+        RegisterConfig(gate_metric="accuracy")  # type: ignore[arg-type]
 
 
 def test_bad_inputs_fail_before_anything_remote(assets: dict[str, Path], tmp_path: Path) -> None:
