@@ -18,7 +18,6 @@ import math
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from mem1_core.agent.rollout import run_episodes  # noqa: E402
 from mem1_core.config import load_config  # noqa: E402
 from mem1_core.data import compose  # noqa: E402
 from mem1_core.eval.metrics import summarize  # noqa: E402
+from mem1_core.eval.teacher_forced import token_accuracy  # noqa: E402
 from mem1_core.rl import ppo, sft  # noqa: E402
 
 CONFIG = REPO / "configs" / "local-tiny.yaml"
@@ -110,20 +110,12 @@ def slot_accuracy(
 ) -> dict[str, tuple[float, int]]:
     """Greedy next-token accuracy on the oracle's held-out turns, by slot: {slot: (accuracy, tokens)}."""
     trajs = sft.oracle_trajectories(tasks, factory, tok, agent)
-    right: dict[str, int] = defaultdict(int)
-    total: dict[str, int] = defaultdict(int)
-    for traj in trajs:
-        for turn in traj.turns:
-            ids = torch.tensor([turn.context_ids + turn.output_ids])
-            with torch.no_grad():
-                pred = model(input_ids=ids).logits[0, len(turn.context_ids) - 1 : -1].argmax(-1).tolist()
-            for i, y in enumerate(turn.output_ids):
-                prefix = tok.decode(turn.output_ids[:i], skip_special_tokens=False)
-                piece = tok.decode(turn.output_ids[: i + 1], skip_special_tokens=False)[len(prefix) :]
-                slot = _slot(prefix, piece, grammar)
-                right[slot] += int(pred[i] == y)
-                total[slot] += 1
-    return {k: (right[k] / total[k], total[k]) for k in sorted(total)}
+    return token_accuracy(
+        model,
+        trajs,
+        decode=lambda ids: tok.decode(ids, skip_special_tokens=False),
+        label=lambda prefix, piece: _slot(prefix, piece, grammar),
+    )
 
 
 def main(

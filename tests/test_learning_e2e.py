@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from mem1_core.config import AgentConfig, ComposeConfig, PPOConfig, SFTConfig, TinyModelConfig, WorldConfig
+from mem1_core.eval.teacher_forced import token_accuracy
 
 
 @pytest.fixture(autouse=True)
@@ -66,20 +67,7 @@ def _teacher_nll(model_dir: Path, data_dir: Path, n_objectives: int) -> tuple[fl
     with torch.no_grad():
         lp, _ = actor_logprobs(model, batch, "dense")
     n = batch.loss_mask.sum()
-    return float(-(lp * batch.loss_mask).sum() / n), _greedy_accuracy(model, trajs)
-
-
-def _greedy_accuracy(model: torch.nn.Module, trajs: list) -> float:
-    """Share of the oracle's output tokens the model predicts by argmax, each turn on its own context."""
-    right = total = 0
-    for traj in trajs:
-        for turn in traj.turns:
-            ids = torch.tensor([turn.context_ids + turn.output_ids])
-            with torch.no_grad():
-                pred = model(input_ids=ids).logits[0, len(turn.context_ids) - 1 : -1].argmax(-1)
-            right += int((pred == torch.tensor(turn.output_ids)).sum())
-            total += len(turn.output_ids)
-    return right / total
+    return float(-(lp * batch.loss_mask).sum() / n), token_accuracy(model, trajs)["all"][0]
 
 
 @pytest.mark.slow
