@@ -57,6 +57,10 @@ class ClusterOptions:
     retries: int = 2
     retry_backoff: str = "60s"
     train_timeout_s: int = 3 * 24 * 3600
+    # The non-root users the images are built with (images/*.Dockerfile `USER`); every step pod runs
+    # as that user with runAsNonRoot, so a cluster under Pod Security "restricted" admits it.
+    base_uid: int = 1000
+    trainer_uid: int = 1001
 
 
 def _with_mlflow_env(task: Any, cluster: ClusterOptions) -> Any:
@@ -79,6 +83,11 @@ def _on_gpu_pool(task: Any, cluster: ClusterOptions, accelerator_type: Any, gpus
     for t in cluster.gpu_tolerations:
         kubernetes.add_toleration(task, key=t.key, operator=t.operator, value=t.value, effect=t.effect)
     return task
+
+
+def _non_root(task: Any, uid: int) -> Any:
+    """runAsUser/runAsGroup = the image's user and runAsNonRoot; KFP drops all capabilities too."""
+    return kubernetes.set_security_context(task, run_as_user=uid, run_as_group=uid, run_as_non_root=True)
 
 
 def _light(task: Any, cluster: ClusterOptions) -> Any:
@@ -158,6 +167,7 @@ def build_pipeline(
         finish = c.finish_run(tracking_uri=mlflow_uri, pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         finish.set_display_name("close MLflow run").set_caching_options(enable_caching=False)
         _with_mlflow_env(_light(finish, cluster), cluster)
+        _non_root(finish, cluster.base_uid)
 
         with dsl.ExitHandler(finish, name="mem1"):
             prep = c.prepare_run(
@@ -178,6 +188,7 @@ def build_pipeline(
             ).set_display_name("prepare run")
             prep.set_caching_options(enable_caching=False)
             _retry(_with_mlflow_env(_light(prep, cluster), cluster), cluster)
+            _non_root(prep, cluster.base_uid)
             uri = prep.outputs["tracking_uri"]
             parent = prep.outputs["parent_run_id"]
 
@@ -192,6 +203,7 @@ def build_pipeline(
                     files=task.outputs[files],
                 ).set_display_name(name)
                 rec.set_caching_options(enable_caching=False)
+                _non_root(rec, cluster.base_uid)
                 return _retry(_with_mlflow_env(_light(rec, cluster), cluster), cluster)
 
             compose = c.compose_dataset(compose_json=prep.outputs["compose"]).set_display_name(
@@ -200,7 +212,7 @@ def build_pipeline(
             compose.set_caching_options(enable_caching=True)
             compose.set_cpu_request(cluster.cpu_request).set_memory_request(cluster.memory_request)
             kubernetes.use_secret_as_env(compose, cluster.hf_secret, {"HF_TOKEN": "HF_TOKEN"}, optional=True)
-            _retry(compose, cluster)
+            _retry(_non_root(compose, cluster.base_uid), cluster)
 
             record("compose_dataset", prep.outputs["compose"], compose, "stats", "dataset", "log compose")
 
@@ -214,6 +226,7 @@ def build_pipeline(
                 dataset=compose.outputs["dataset"],
             ).set_display_name("SFT warm-up")
             _training_step(sft, cluster, images, accelerator_type, gpus_per_node)
+            _non_root(sft, cluster.trainer_uid)
 
             ppo = c.ppo_train(
                 ppo_json=prep.outputs["ppo"],
@@ -226,6 +239,7 @@ def build_pipeline(
                 sft_model=sft.outputs["model"],
             ).set_display_name("PPO")
             _training_step(ppo, cluster, images, accelerator_type, gpus_per_node)
+            _non_root(ppo, cluster.trainer_uid)
 
             ev = c.evaluate(
                 eval_json=prep.outputs["eval"],
@@ -233,7 +247,7 @@ def build_pipeline(
                 model=ppo.outputs["model"],
             ).set_display_name("evaluate")
             ev.set_caching_options(enable_caching=True)
-            _retry(_on_gpu_pool(ev, cluster, accelerator_type, 1), cluster)
+            _retry(_on_gpu_pool(_non_root(ev, cluster.trainer_uid), cluster, accelerator_type, 1), cluster)
 
             record_eval = record("evaluate", prep.outputs["eval"], ev, "metrics", "results", "log evaluation")
 
@@ -248,5 +262,6 @@ def build_pipeline(
             register.set_caching_options(enable_caching=False)
             register.after(record_eval)
             _with_mlflow_env(_light(register, cluster), cluster)
+            _non_root(register, cluster.base_uid)
 
     return mem1_pipeline

@@ -268,3 +268,29 @@ def test_submit_without_a_host_or_package_fails_clearly(
     (tmp_path / "p.yaml").write_text("{}")
     assert main(["pipeline", "submit", "--package", str(tmp_path / "p.yaml")]) == 2
     assert "no KFP host" in capsys.readouterr().err
+
+
+def test_every_step_runs_as_its_images_non_root_user(compiled: tuple[str, dict, dict]) -> None:
+    """runAsNonRoot with the uid each Dockerfile's USER sets, so Pod Security "restricted" admits the pods."""
+    import re
+
+    from pipelines.mem1_pipeline import ClusterOptions
+
+    def image_uid(dockerfile: str) -> int:
+        users = re.findall(r"^USER (\d+):(\d+)$", (REPO / "images" / dockerfile).read_text(), re.M)
+        assert len(users) == 1 and users[0][0] == users[0][1], f"{dockerfile}: one USER uid:gid, same ids"
+        return int(users[0][0])
+
+    cluster = ClusterOptions()
+    assert (cluster.base_uid, cluster.trainer_uid) == (
+        image_uid("base.Dockerfile"),
+        image_uid("trainer.Dockerfile"),
+    )
+    _, spec, platform = compiled
+    executors = {k.removeprefix("exec-") for k in spec["deploymentSpec"]["executors"]}
+    assert executors >= {*GPU_STEPS, "compose-dataset", "register-model", "prepare-run", "finish-run"}
+    for step in sorted(executors):
+        want = cluster.trainer_uid if step in GPU_STEPS else cluster.base_uid
+        ctx = platform[f"exec-{step}"].get("securityContext")
+        # the compiler writes the int64 ids as strings (protobuf JSON)
+        assert ctx == {"runAsUser": str(want), "runAsGroup": str(want), "runAsNonRoot": True}, (step, ctx)
