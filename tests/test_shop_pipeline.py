@@ -138,6 +138,12 @@ def test_oracle_reaches_reward_one_through_evaluate(data_dir: Path, tmp_path: Pa
     table = (tmp_path / "eval" / "table.md").read_text()
     assert "success rate" in table and "reward (mean)" in table
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["domain"] == "shop"
+    pngs = sorted(p.name for p in (tmp_path / "eval").glob("*.png"))
+    assert pngs == [
+        "peak_tokens_vs_instructions.png",
+        "reward_vs_instructions.png",
+        "success_vs_instructions.png",
+    ]  # reward and success, not EM (exact-target purchases) against "objectives"
 
 
 # ---------------------------------------------------------------------------------------------------

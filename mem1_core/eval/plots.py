@@ -1,7 +1,9 @@
 """PNG plots of the evaluation grid: one line per memory mode against the number of objectives.
 
 The two plots the paper's argument rests on: accuracy as tasks get longer, and peak context
-(memory) as tasks get longer; MEM1's should stay flat where full context grows.
+(memory) as tasks get longer; MEM1's should stay flat where full context grows. Shop grids plot
+the WebShop reward and success rate instead of EM (which there only counts exact-target purchases),
+against instructions per task.
 """
 
 from __future__ import annotations
@@ -33,7 +35,33 @@ PLOTS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def line_plot(rows: Sequence[dict[str, Any]], key: str, ylabel: str, title: str, out: Path) -> Path:
+SHOP_PLOTS: dict[str, tuple[str, str, str]] = {
+    "reward_vs_instructions": (
+        "reward",
+        "WebShop reward (mean per task, 0..1)",
+        "Reward vs number of instructions",
+    ),
+    "success_vs_instructions": (
+        "success_rate",
+        "success rate (share of tasks with reward 1)",
+        "Success vs number of instructions",
+    ),
+    "peak_tokens_vs_instructions": (
+        "peak_tokens",
+        "peak context tokens (mean per task)",
+        "Memory vs number of instructions",
+    ),
+}
+
+
+def line_plot(
+    rows: Sequence[dict[str, Any]],
+    key: str,
+    ylabel: str,
+    title: str,
+    out: Path,
+    xlabel: str = "number of objectives per task",
+) -> Path:
     """One line per mode: x = objectives, y = rows[key]; log2 x-axis when objectives span >= 4x."""
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
@@ -55,7 +83,7 @@ def line_plot(rows: Sequence[dict[str, Any]], key: str, ylabel: str, title: str,
         ax.set_xscale("log", base=2)
     ax.set_xticks(objectives)
     ax.set_xticklabels([str(n) for n in objectives])
-    ax.set_xlabel("number of objectives per task")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
@@ -68,10 +96,14 @@ def line_plot(rows: Sequence[dict[str, Any]], key: str, ylabel: str, title: str,
 
 
 def grid_plots(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """Write every plot in PLOTS for the grid rows; returns the PNG paths."""
+    """Write the grid's plots (SHOP_PLOTS when the rows are shop rows, else PLOTS); returns the paths."""
     if not rows:
         return []
+    shop = all("success_rate" in r for r in rows)
+    plots, xlabel = (
+        (SHOP_PLOTS, "number of instructions per task") if shop else (PLOTS, "number of objectives per task")
+    )
     return [
-        line_plot(rows, key, ylabel, title, out_dir / f"{stem}.png")
-        for stem, (key, ylabel, title) in PLOTS.items()
+        line_plot(rows, key, ylabel, title, out_dir / f"{stem}.png", xlabel)
+        for stem, (key, ylabel, title) in plots.items()
     ]
