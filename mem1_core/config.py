@@ -136,6 +136,11 @@ class AgentConfig(StrictModel):
         192, ge=1, description="per turn; the oracle's last QA turn lists the N answers twice (state, answer)"
     )
     topk: int = Field(3, ge=1)
+    retrieval_url: str | None = Field(
+        None,
+        description="a retrieval server (`mem1 serve-retrieval`, the manifests' Deployment) to search "
+        "instead of BM25 in process; it must serve this data set's corpus (checked by document count)",
+    )
     temperature: float = Field(1.0, ge=0.0, description="0 = greedy")
     batch_size: int = Field(64, ge=1)
 

@@ -200,3 +200,40 @@ def test_cli_serve_retrieval_subprocess(tmp_path, world_backend) -> None:  # typ
         [*cmd[:-4], "--corpus", str(tmp_path / "nope.jsonl")], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "nope.jsonl: corpus not found" in bad.stderr
+
+
+def test_evaluation_searches_through_agent_retrieval_url(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`agent.retrieval_url` sends every search of a step to the server; results equal in-process BM25."""
+    from mem1_core.config import AgentConfig, ComposeConfig, EvalConfig
+    from mem1_core.data import compose
+    from mem1_core.eval import evaluate
+
+    data = tmp_path / "data"
+    compose.run(
+        ComposeConfig(world=WorldConfig(n_people=60, n_films=20, n_cities=8, n_companies=8), n_eval_tasks=3),
+        data,
+    )
+    corpus = compose.load_corpus(data)
+    served: list[int] = []
+
+    class Counting(BM25Backend):
+        def search(self, queries: list[str], topk: int) -> list[list[Hit]]:
+            served.append(len(queries))
+            return super().search(queries, topk)
+
+    agent = AgentConfig(temperature=0.0, topk=2)
+    cfg = EvalConfig(agent=agent, objectives=[1, 2], modes=["mem1"], n_tasks_per_objective=3)
+    local = evaluate.run(cfg, data, "oracle", tmp_path / "local").rows
+    with start_background(Counting(corpus), n_documents=len(corpus)) as srv:
+        remote_agent = agent.model_copy(update={"retrieval_url": srv.url})
+        remote_cfg = cfg.model_copy(update={"agent": remote_agent})
+        remote = evaluate.run(remote_cfg, data, "oracle", tmp_path / "remote")
+    assert sum(served) > 0, "the searches went to the server"
+    keys = ("objectives", "em", "peak_tokens", "turns")
+    assert [{k: r[k] for k in keys} for r in remote.rows] == [{k: r[k] for k in keys} for r in local]
+
+    with start_background(BM25Backend(corpus), n_documents=len(corpus) + 1) as other:
+        wrong = agent.model_copy(update={"retrieval_url": other.url})
+        refused = rf"serves {len(corpus) + 1} documents but .*corpus\.jsonl has"
+        with pytest.raises(RetrievalError, match=refused):
+            evaluate.run(cfg.model_copy(update={"agent": wrong}), data, "oracle", tmp_path / "wrong")

@@ -76,6 +76,26 @@ def load_shop_catalog(data_dir: Path, backend: Any = None) -> Any:
     return catalog
 
 
+def remote_backend(url: str, data_dir: Path | None, corpus: list[Document] | None = None) -> Any:
+    """A RetrievalClient for `url`, refused when the server holds a different number of documents than
+    the data set's corpus (a server left on another corpus would silently answer from the wrong one)."""
+    from mem1_core.envs.server import RetrievalClient, RetrievalError
+
+    client = RetrievalClient(url)
+    if corpus is None and data_dir is not None and (Path(data_dir) / "corpus.jsonl").is_file():
+        from mem1_core.data.compose import load_corpus
+
+        corpus = load_corpus(Path(data_dir))
+    served = client.health().get("documents")
+    if corpus is not None and isinstance(served, int) and served != len(corpus):
+        where = f"{data_dir}/corpus.jsonl" if data_dir is not None else "the corpus"
+        raise RetrievalError(
+            f"agent.retrieval_url {url} serves {served} documents but {where} has {len(corpus)}: "
+            "point it at a server started on this data set (mem1 serve-retrieval --data-dir ...)"
+        )
+    return client
+
+
 def env_factory_for(
     domain: str,
     data_dir: Path | None,
@@ -86,7 +106,10 @@ def env_factory_for(
     catalog: Any = None,
 ) -> Callable[[Task], Any]:
     """The env_factory run_episodes takes. QA: BM25 over the corpus (or `backend`); shop: the catalogue
-    (products.jsonl, or `catalog`), searched by BM25 or `backend`. `corpus` skips re-reading corpus.jsonl."""
+    (products.jsonl, or `catalog`), searched by BM25 or `backend`. `corpus` skips re-reading corpus.jsonl.
+    Without `backend`, `agent_cfg.retrieval_url` names a retrieval server to search instead of BM25."""
+    if backend is None and agent_cfg.retrieval_url:
+        backend = remote_backend(agent_cfg.retrieval_url, data_dir, corpus)
     if check_domain(domain) == "shop":
         from mem1_core.envs.shop import make_shop_env_factory
 
@@ -94,6 +117,8 @@ def env_factory_for(
             if data_dir is None:
                 raise ValueError("a shop environment needs a data dir with products.jsonl, or a catalog")
             catalog = load_shop_catalog(Path(data_dir), backend)
+        elif backend is not None:
+            catalog._backend = backend
         return make_shop_env_factory(catalog, grammar, max_turns=lambda n: turns_for("shop", agent_cfg, n))
 
     from mem1_core.envs.qa import QAEnvironment

@@ -147,10 +147,8 @@ def run(
     domain = domains.domain_of(data_dir)
 
     backend: Any = None
-    if retrieval_url:
-        from mem1_core.envs.server import RetrievalClient
-
-        backend = RetrievalClient(retrieval_url)
+    if retrieval_url or cfg.agent.retrieval_url:
+        backend = domains.remote_backend(str(retrieval_url or cfg.agent.retrieval_url), data_dir)
     elif domain == "qa":
         from mem1_core.envs.retrieval import BM25Backend
 
