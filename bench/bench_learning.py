@@ -14,7 +14,6 @@ Run: .venv/bin/python bench/bench_learning.py [CONFIG]   (writes bench/results/l
 
 from __future__ import annotations
 
-import math
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from bench.stats import fisher_greater  # noqa: E402
 from mem1_core import models  # noqa: E402
 from mem1_core.agent.policy import HFPolicy  # noqa: E402
 from mem1_core.agent.rollout import run_episodes  # noqa: E402
@@ -64,18 +64,6 @@ SLOTS = {  # key -> what the token copies, and from where
     "answer": "answer (from the state)",
     "format": "tags and template words",
 }
-
-
-def fisher_greater(k1: int, n1: int, k0: int, n0: int) -> float:
-    """One-sided Fisher exact p-value that k1/n1 exceeds k0/n0 (P[X >= k1], X hypergeometric).
-
-    Ten lines rather than scipy, which is not a dependency of this project."""
-    total, drawn_from = k1 + k0, n1 + n0
-
-    def pmf(x: int) -> float:
-        return math.comb(total, x) * math.comb(drawn_from - total, n1 - x) / math.comb(drawn_from, n1)
-
-    return sum(pmf(x) for x in range(k1, min(total, n1) + 1))
 
 
 def _rollouts(model: Any, tok: Any, tasks: list[Any], factory: Any, agent: Any) -> dict[str, float]:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.bench_learning import SLOTS, _slot, fisher_greater, main
+from bench.bench_learning import SLOTS, _slot, main
+from bench.stats import fisher_greater, paired_greater
 from mem1_core.agent.tags import DEFAULT_GRAMMAR as G
 
 
@@ -17,6 +18,22 @@ def test_fisher_greater_matches_the_hypergeometric_tail() -> None:
     assert fisher_greater(0, 64, 0, 64) == pytest.approx(1.0)
     assert fisher_greater(3, 10, 3, 10) > 0.5  # equal groups are not evidence
     assert fisher_greater(10, 20, 2, 20) < 0.01
+
+
+def test_paired_greater_exact_and_monte_carlo() -> None:
+    # 4 pairs, all a > b: only the observed sign pattern is as large, p = 1/16
+    assert paired_greater([1, 1, 1, 1], [0, 0, 0, 0]) == pytest.approx(1 / 16)
+    assert paired_greater([0, 0, 0], [0, 0, 0]) == 1.0  # no difference is no evidence
+    assert paired_greater([0, 0, 0, 0], [1, 1, 1, 1]) == 1.0
+    # 40 pairs: Monte Carlo, close to the normal tail of the sign-flip sum
+    a, b = [0.6] * 30 + [0.0] * 10, [0.4] * 30 + [0.2] * 10  # diffs +0.2 x30, -0.2 x10
+    p = paired_greater(a, b)
+    z = (30 - 10) / math.sqrt(40)  # sum of +-1 signs, sd sqrt(n)
+    normal = 0.5 * math.erfc(z / math.sqrt(2))
+    assert 0.3 * normal < p < 3 * normal and p < 0.01
+    assert paired_greater(b, a) > 0.99
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        paired_greater([1.0], [])
 
 
 def test_slots_name_what_each_token_copies() -> None:
