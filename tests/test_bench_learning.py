@@ -71,3 +71,28 @@ def test_bench_fails_and_still_writes_its_table_when_sft_is_not_above_untrained(
     table = (tmp_path / "learning.md").read_text(encoding="utf-8")
     assert "| untrained |" in table and "| sft |" in table and "| ppo |" in table
     assert "does NOT hold" in table and "Fisher exact" in table
+
+
+@pytest.mark.slow
+def test_shop_bench_fails_and_still_writes_its_table_when_sft_is_not_above_random(tmp_path: Path) -> None:
+    """Half an epoch on 8 tasks cannot beat random valid actions: the shop bench raises after writing."""
+    from bench.bench_shop_learning import main as shop_main
+
+    tiny = {
+        "compose.shop": {"seed": 0, "n_products": 24, "eval_fraction": 0.2},
+        "compose.n_train_tasks": 8,
+        "compose.n_eval_tasks": 3,
+        "compose.train_objectives": [1],
+        "compose.eval_objectives": [1],
+        "sft.model.tiny": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                           "num_key_value_heads": 1, "intermediate_size": 64, "vocab_size": 512},
+        "sft.epochs": 0.5,
+        "sft.agent.max_new_tokens": 96,
+        "eval.agent.max_new_tokens": 24,
+    }  # fmt: skip
+    with pytest.raises(AssertionError, match="not clearly above random valid actions"):
+        shop_main(tmp_path, overrides=tiny)
+    table = (tmp_path / "shop_learning.md").read_text(encoding="utf-8")
+    for row in ("| sft |", "| untrained |", "| random valid actions |"):
+        assert row in table
+    assert "does NOT hold" in table and "permutation p =" in table

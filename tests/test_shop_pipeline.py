@@ -10,13 +10,11 @@ kfp.local with domain shop. (Flat peak tokens in mem1 mode as instructions grow:
 from __future__ import annotations
 
 import json
-import random
-import re
 from pathlib import Path
 
 import pytest
 
-from mem1_core.agent.types import PolicyInput, PolicyOutput
+from mem1_core.agent.shop_random import RandomShopPolicy
 from mem1_core.config import (
     AgentConfig,
     ComposeConfig,
@@ -148,43 +146,6 @@ def test_oracle_reaches_reward_one_through_evaluate(data_dir: Path, tmp_path: Pa
 
 # ---------------------------------------------------------------------------------------------------
 # A tiny model after SFT against two floors
-
-
-class RandomShopPolicy:
-    """Uniformly random valid action on the page in view (searches with one of the task's instructions)."""
-
-    def __init__(self, tokenizer: object, seed: int = 0) -> None:
-        self.tokenizer = tokenizer
-        self.rng = random.Random(seed)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))  # type: ignore[attr-defined]
-
-    def decode(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=False))  # type: ignore[attr-defined]
-
-    def action(self, page: str, instructions: list[str]) -> str:
-        if page.startswith("Results for"):
-            choices = re.findall(r"^\[([^\]\s]+)\] ", page, re.M)
-        elif page.startswith("Item ["):
-            choices = ["buy now", "< prev", "back to search"]
-            for line in page.splitlines()[1:]:
-                if ": " in line and not line.startswith(("Features:", "Selected:", "Actions:")):
-                    choices += line.split(": ", 1)[1].split(" | ")
-        else:
-            return f"search[{self.rng.choice(instructions)}]"
-        buttons = re.findall(r"click\[((?:back to search|next >|< prev))\]", page.splitlines()[-1])
-        return f"click[{self.rng.choice(choices + buttons if page.startswith('Results') else choices)}]"
-
-    def generate(self, batch: list[PolicyInput], stop: list[str], max_new_tokens: int) -> list[PolicyOutput]:
-        out = []
-        for item in batch:
-            context = self.decode(item.context_ids)
-            pages = re.findall(r"<info>(.*?)</info>", context, re.S)
-            page = pages[-1] if pages else ""
-            text = f"<IS>random</IS><action>{self.action(page.strip(), item.task.questions)}</action>"
-            out.append(PolicyOutput(self.encode(text), text))
-        return out
 
 
 @pytest.mark.slow
