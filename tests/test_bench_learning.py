@@ -96,3 +96,26 @@ def test_shop_bench_fails_and_still_writes_its_table_when_sft_is_not_above_rando
     for row in ("| sft |", "| untrained |", "| random valid actions |"):
         assert row in table
     assert "does NOT hold" in table and "permutation p =" in table
+
+
+def test_episode_stages_are_all_one_for_the_oracle_and_catch_a_lost_answer(tmp_path: Path) -> None:
+    from bench.bench_learning import episode_stages
+    from mem1_core.config import AgentConfig, ComposeConfig, WorldConfig
+    from mem1_core.data import compose
+    from mem1_core.models import tokenizer_texts, train_tokenizer
+    from mem1_core.rl import sft
+
+    data = tmp_path / "data"
+    world = WorldConfig(n_people=40, n_films=12, n_cities=6, n_companies=6)
+    cfg = ComposeConfig(world=world, n_train_tasks=4, n_eval_tasks=3, eval_objectives=[2], hops=[1])
+    compose.run(cfg, data)
+    tasks, corpus = compose.load_tasks(data, "eval"), compose.load_corpus(data)
+    tok = train_tokenizer(tokenizer_texts(tasks, corpus, G), 512, G)
+    agent = AgentConfig(topk=1)
+    trajs = sft.oracle_trajectories(tasks, sft.make_env_factory(corpus, agent), tok, agent)
+    stages = episode_stages(tasks, trajs, G)
+    assert set(stages) == {f"q{j} {s}" for j in (1, 2) for s in ("document retrieved", "answer in a state",
+                                                                   "final answer right")}  # fmt: skip
+    assert all(v == 1.0 for v in stages.values()), stages
+    trajs[0].predictions = ["wrong", *trajs[0].predictions[1:]]
+    assert episode_stages(tasks, trajs, G)["q1 final answer right"] == pytest.approx(2 / 3)

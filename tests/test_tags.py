@@ -139,3 +139,17 @@ def test_split_answers_is_tolerant() -> None:
     assert split_answers("a;;c;;") == ("a", "", "c")
     assert split_answers(" ; ") == ()
     assert parse_turn("<IS>s</IS><answer> ; </answer>").action == FormatError("empty answer")
+
+
+def test_prompt_lists_each_question_under_the_marker_the_state_uses() -> None:
+    """`Qj: ...` lines, last: the oracle state's open question `Qj: <question>` then copies one line."""
+    from mem1_core.agent.tags import qa_prompt
+
+    prompt = qa_prompt(["Who founded Acme Labs?", "  In which city was Ada Vole born? "], 6)
+    assert prompt.endswith(
+        "You have 6 turns.\nQ1: Who founded Acme Labs?\nQ2: In which city was Ada Vole born?\n"
+    )
+    assert prompt.startswith("Answer 2 questions.")
+    assert qa_prompt(["Who?"], 4).startswith("Answer 1 question.") and qa_prompt(["Who?"], 4).endswith(
+        "\nQ1: Who?\n"
+    )

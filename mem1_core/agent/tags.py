@@ -179,12 +179,14 @@ def format_state(state: str, grammar: TagGrammar = DEFAULT_GRAMMAR) -> str:
 def qa_prompt(questions: list[str], max_turns: int, grammar: TagGrammar = DEFAULT_GRAMMAR) -> str:
     """The task prompt for multi-objective QA, after the reference implementation's wording.
 
-    Instructions first, the `; `-joined questions last (as Search-R1-style prompts end on the
-    question), so the questions sit right before the first turn the model writes from them.
+    Instructions first, the questions last (as Search-R1-style prompts end on the question), one per
+    line as `Qj: ...`, the same marker the internal state uses for the open question: the state's
+    `Qj:` then points at its source line. Joined by `; ` on one line, a 2-layer model had to count
+    separators to find question j and copied a free-running Q2 right 0 times in 32 (Q1: 0.62 alone).
     """
     g = grammar
-    joined = "; ".join(q.strip() for q in questions)
     n = len(questions)
+    listed = "".join(f"Q{j}: {q.strip()}\n" for j, q in enumerate(questions, start=1))
     return (
         f"Answer {n} question{'s' if n > 1 else ''}. "
         f"Each turn, first write {g.open(g.state)}…{g.close(g.state)}: a cumulative summary of everything "
@@ -192,5 +194,5 @@ def qa_prompt(questions: list[str], max_turns: int, grammar: TagGrammar = DEFAUL
         f"question with {g.open(g.query)}…{g.close(g.query)}, or answer all questions at once, in order, "
         f"separated by '{g.answer_separator} ', with {g.open(g.answer)}…{g.close(g.answer)}. "
         f"Search results arrive in {g.open(g.info)}…{g.close(g.info)}. You have {max_turns} turns.\n"
-        f"Question{'s' if n > 1 else ''}: {joined}\n"
+        f"{listed}"
     )
