@@ -181,8 +181,9 @@ def qa_prompt(questions: list[str], max_turns: int, grammar: TagGrammar = DEFAUL
 
     Instructions first, the questions last (as Search-R1-style prompts end on the question), one per
     line as `Qj: ...`, the same marker the internal state uses for the open question: the state's
-    `Qj:` then points at its source line. Joined by `; ` on one line, a 2-layer model had to count
-    separators to find question j and copied a free-running Q2 right 0 times in 32 (Q1: 0.62 alone).
+    `Qj:` then points at its source line instead of a count of `; ` separators. Measured on a 2x128
+    model (scratch runs, ~3 epochs): a 2-objective Q1 query found its document in 16 of 32 greedy
+    episodes, against 9 of 32 with one `; `-joined line (Q2: 0 of 32 either way).
     """
     g = grammar
     n = len(questions)
