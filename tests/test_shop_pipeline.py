@@ -3,7 +3,8 @@
 What is shown: compose writes shop tasks, products.jsonl and manifest "domain"; the pipeline's domain
 reaches compose; the oracle scores reward 1.0 through the same evaluate.run as QA; a tiny model after
 SFT on shop oracle trajectories beats an untrained model, with a uniformly random valid-action policy
-measured beside it (at this size SFT only ties it: see the test); and the whole pipeline runs under
+measured beside it (at this 64-task size SFT only ties it; at 2,048 tasks it beats it:
+bench/bench_shop_learning.py); and the whole pipeline runs under
 kfp.local with domain shop. (Flat peak tokens in mem1 mode as instructions grow: bench/bench_shop.py.)
 """
 
@@ -198,7 +199,8 @@ def test_sft_tiny_model_beats_untrained_and_random(data_dir: Path, tmp_path: Pat
     # size SFT learns the format and the search -> click -> buy routine but does not yet pick better
     # products than chance (success rate 0 for both). It did not when it imitated a teacher that knew
     # the gold product id either (0.156); it now imitates one that acts on the page (reward ~0.94).
-    # Not asserted: it does not hold.
+    # Not asserted here: it does not hold at 64 tasks. bench/bench_shop_learning.py asserts it with
+    # 2,048 training tasks (a paired permutation test on 32 held-out tasks).
 
 
 @pytest.mark.slow
