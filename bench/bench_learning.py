@@ -101,7 +101,7 @@ def episode_stages(tasks: list[Any], trajs: list[Any], grammar: Any) -> dict[str
             )
             pred = traj.predictions[j - 1] if len(traj.predictions) >= j else ""
             counts[f"q{j} final answer right"] += bool(pred) and exact_match(pred, list(obj.answers)) > 0
-    return {k: v / len(tasks) for k, v in sorted(counts.items())}
+    return {k: v / len(tasks) for k, v in counts.items()}  # per objective: retrieved, in a state, right
 
 
 def _slot(prefix: str, piece: str, g: Any) -> str:
@@ -137,6 +137,10 @@ def slot_accuracy(
         decode=lambda ids: tok.decode(ids, skip_special_tokens=False),
         label=lambda prefix, piece: _slot(prefix, piece, grammar),
     )
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def main(
@@ -230,16 +234,17 @@ def main(
         cells = " | ".join(f"{slots[k][slot][0]:.2f}" if slot in slots[k] else "-" for k in dirs)
         count = next(slots[k][slot][1] for k in dirs if slot in slots[k])
         lines.append(f"| {SLOTS[slot]} ({count}) | {cells} |")
+    stage_names = list(dict.fromkeys(s for by_stage in stages.values() for s in by_stage))
     lines += [
         "",
         "Where greedy episodes break (share of held-out tasks; objective j's document reached an "
         "observation, its answer was written into an internal state, the final answer got it right):",
         "",
-        "| model, objectives | " + " | ".join(next(iter(stages.values())).keys()) + " |",
-        "|---|" + "---:|" * len(next(iter(stages.values()))),
+        "| model, objectives | " + " | ".join(stage_names) + " |",
+        "|---|" + "---:|" * len(stage_names),
     ]
     for (k, n), by_stage in stages.items():
-        lines.append(f"| {k}, {n} | " + " | ".join(f"{v:.2f}" for v in by_stage.values()) + " |")
+        lines.append(f"| {k}, {n} | " + " | ".join(_cell(by_stage.get(s)) for s in stage_names) + " |")
         for stage, v in by_stage.items():
             results[f"learning_{k}_n{n}_stage_{stage.replace(' ', '_')}"] = v
     lines += [

@@ -71,6 +71,8 @@ def test_bench_fails_and_still_writes_its_table_when_sft_is_not_above_untrained(
     table = (tmp_path / "learning.md").read_text(encoding="utf-8")
     assert "| untrained |" in table and "| sft |" in table and "| ppo |" in table
     assert "does NOT hold" in table and "Fisher exact" in table
+    stage_rows = [line for line in table.splitlines() if line.startswith(("| model, objectives", "| sft, "))]
+    assert len({row.count("|") for row in stage_rows}) == 1, "every stage row has the header's columns"
 
 
 @pytest.mark.slow
@@ -114,8 +116,8 @@ def test_episode_stages_are_all_one_for_the_oracle_and_catch_a_lost_answer(tmp_p
     agent = AgentConfig(topk=1)
     trajs = sft.oracle_trajectories(tasks, sft.make_env_factory(corpus, agent), tok, agent)
     stages = episode_stages(tasks, trajs, G)
-    assert set(stages) == {f"q{j} {s}" for j in (1, 2) for s in ("document retrieved", "answer in a state",
-                                                                   "final answer right")}  # fmt: skip
+    assert list(stages) == [f"q{j} {s}" for j in (1, 2) for s in ("document retrieved", "answer in a state",
+                                                                    "final answer right")]  # fmt: skip
     assert all(v == 1.0 for v in stages.values()), stages
     trajs[0].predictions = ["wrong", *trajs[0].predictions[1:]]
     assert episode_stages(tasks, trajs, G)["q1 final answer right"] == pytest.approx(2 / 3)
