@@ -15,7 +15,6 @@ from typing import Any
 from mem1_core.agent.types import PolicyInput, PolicyOutput
 
 _RESULT_ID = re.compile(r"^\[([^\]\s]+)\] ", re.M)
-_BUTTONS = re.compile(r"click\[((?:back to search|next >|< prev))\]")
 _PAGE = re.compile(r"<info>(.*?)</info>", re.S)
 
 
@@ -33,11 +32,11 @@ class RandomShopPolicy:
         return str(self.tokenizer.decode(ids, skip_special_tokens=False))
 
     def action(self, page: str, instructions: list[str]) -> str:
-        """A random action valid on `page` (the last <info> text; empty on the search page)."""
+        """A random action valid on `page` (the last <info> text; empty on the search page). On a results
+        page it clicks one of the listed products (it never pages on); on a product page an option,
+        buy now, prev or back to search."""
         if page.startswith("Results for"):
             choices = _RESULT_ID.findall(page)
-            lines = page.splitlines()
-            choices += _BUTTONS.findall(lines[-1] if lines else "")
         elif page.startswith("Item ["):
             choices = ["buy now", "< prev", "back to search"]
             for line in page.splitlines()[1:]:
