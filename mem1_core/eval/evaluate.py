@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mem1_core.config import EvalConfig, ModelConfig, parse_mode
+from mem1_core.eval.metrics import is_shop_grid
 
 ORACLE = "oracle"
 SAMPLES_PER_CELL = 2
@@ -56,7 +57,7 @@ SHOP_TABLE_COLUMNS: list[tuple[str, str, str]] = [
 
 def table_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     """Shop rows (they carry success_rate) get the shop columns; QA keeps its own."""
-    return SHOP_TABLE_COLUMNS if rows and all("success_rate" in r for r in rows) else TABLE_COLUMNS
+    return SHOP_TABLE_COLUMNS if is_shop_grid(rows) else TABLE_COLUMNS
 
 
 @dataclass

@@ -91,3 +91,9 @@ def summarize(trajectories: Iterable[Trajectory]) -> dict[str, float]:
     summary["peak_tokens_max"] = max(r["peak_tokens"] for r in rows)
     summary["seconds_total"] = sum(r["seconds"] for r in rows)
     return summary
+
+
+def is_shop_grid(rows: Iterable[dict[str, object]]) -> bool:
+    """Evaluation rows of the shop domain: they carry `success_rate` (summary_extras adds it)."""
+    rows = list(rows)
+    return bool(rows) and all("success_rate" in r for r in rows)

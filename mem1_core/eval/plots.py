@@ -18,6 +18,8 @@ matplotlib.use("Agg")  # headless: no display on CI or in a pod
 
 import matplotlib.pyplot as plt
 
+from mem1_core.eval.metrics import is_shop_grid
+
 MARKERS = ("o", "s", "^", "D", "v")
 STYLES = ("-", "--", ":", "-.")
 PLOTS: dict[str, tuple[str, str, str]] = {
@@ -99,7 +101,7 @@ def grid_plots(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Write the grid's plots (SHOP_PLOTS when the rows are shop rows, else PLOTS); returns the paths."""
     if not rows:
         return []
-    shop = all("success_rate" in r for r in rows)
+    shop = is_shop_grid(rows)
     plots, xlabel = (
         (SHOP_PLOTS, "number of instructions per task") if shop else (PLOTS, "number of objectives per task")
     )
