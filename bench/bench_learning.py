@@ -34,7 +34,7 @@ from mem1_core.agent.policy import HFPolicy  # noqa: E402
 from mem1_core.agent.rollout import run_episodes  # noqa: E402
 from mem1_core.config import load_config  # noqa: E402
 from mem1_core.data import compose  # noqa: E402
-from mem1_core.eval.metrics import summarize  # noqa: E402
+from mem1_core.eval.metrics import objective_scores, summarize  # noqa: E402
 from mem1_core.eval.teacher_forced import token_accuracy  # noqa: E402
 from mem1_core.rl import ppo, sft  # noqa: E402
 
@@ -89,6 +89,7 @@ def episode_stages(tasks: list[Any], trajs: list[Any], grammar: Any) -> dict[str
     state_re = re.compile(re.escape(g.open(g.state)) + "(.*?)" + re.escape(g.close(g.state)), re.S)
     for task, traj in zip(tasks, trajs, strict=True):
         states = [m for turn in traj.turns for m in state_re.findall(turn.output_text)]
+        final_em, _ = objective_scores(traj.predictions, [list(o.answers) for o in task.objectives])
         for j, obj in enumerate(task.objectives, start=1):
             title = obj.supporting_titles[0] if obj.supporting_titles else None
             counts[f"q{j} document retrieved"] += bool(title) and any(
@@ -99,8 +100,7 @@ def episode_stages(tasks: list[Any], trajs: list[Any], grammar: Any) -> dict[str
                 for state in states
                 for piece in re.split(r"[:;|]", state)
             )
-            pred = traj.predictions[j - 1] if len(traj.predictions) >= j else ""
-            counts[f"q{j} final answer right"] += bool(pred) and exact_match(pred, list(obj.answers)) > 0
+            counts[f"q{j} final answer right"] += final_em[j - 1]
     return {k: v / len(tasks) for k, v in counts.items()}  # per objective: retrieved, in a state, right
 
 
