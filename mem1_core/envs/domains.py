@@ -82,15 +82,17 @@ def remote_backend(url: str, data_dir: Path | None, corpus: list[Document] | Non
     from mem1_core.envs.server import RetrievalClient, RetrievalError
 
     client = RetrievalClient(url)
-    if corpus is None and data_dir is not None and (Path(data_dir) / "corpus.jsonl").is_file():
-        from mem1_core.data.compose import load_corpus
+    expected = len(corpus) if corpus is not None else None
+    if expected is None and data_dir is not None and (Path(data_dir) / "manifest.json").is_file():
+        from mem1_core.data.compose import load_manifest
 
-        corpus = load_corpus(Path(data_dir))
+        # compose counted corpus.jsonl; reading a large corpus only to count it is what a server avoids
+        expected = load_manifest(Path(data_dir)).get("counts", {}).get("documents")
     served = client.health().get("documents")
-    if corpus is not None and isinstance(served, int) and served != len(corpus):
+    if isinstance(expected, int) and isinstance(served, int) and served != expected:
         where = f"{data_dir}/corpus.jsonl" if data_dir is not None else "the corpus"
         raise RetrievalError(
-            f"agent.retrieval_url {url} serves {served} documents but {where} has {len(corpus)}: "
+            f"agent.retrieval_url {url} serves {served} documents but {where} has {expected}: "
             "point it at a server started on this data set (mem1 serve-retrieval --data-dir ...)"
         )
     return client
