@@ -62,7 +62,8 @@ OBJECTIVES = (1, 2, 4, 8)
 GATE_OBJECTIVES = 2
 STAGE_OBJECTIVES = (1, 2)
 SLOTS = {  # key -> what the token copies, and from where
-    "question": "state: the open question (from the prompt)",
+    "question": "state: the first question, first turn (from the prompt)",
+    "next_question": "state: the next question, after an answer (from the prompt, behind state and document)",
     "needs": "state: the next document to find (from question or document)",
     "found": "state: answers found (from the document or the last state)",
     "query": "query (from the state)",
@@ -112,13 +113,14 @@ def _slot(prefix: str, piece: str, g: Any) -> str:
     elif inside[g.answer]:
         slot = "answer"
     elif inside[g.state]:
-        tail = prefix.split(g.open(g.state))[-1].split(" | ")[-1]
+        state = prefix.split(g.open(g.state))[-1]
+        tail = state.split(" | ")[-1]
         if tail.startswith("Found"):
             slot = "found"
         elif " needs" in tail:
             slot = "needs"
         elif tail.startswith("Q") and ":" in tail:
-            slot = "question"
+            slot = "next_question" if state.startswith("Found") else "question"
         else:
             return "format"
     else:
