@@ -28,6 +28,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from bench.bar import BarMissed  # noqa: E402
 from bench.stats import fisher_greater  # noqa: E402
 from mem1_core import models  # noqa: E402
 from mem1_core.agent.policy import HFPolicy  # noqa: E402
@@ -272,10 +273,11 @@ def main(
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "learning.md").write_text("\n".join(lines), encoding="utf-8")
     if p_sft >= 0.05:
-        raise AssertionError(
+        raise BarMissed(
             f"SFT is not clearly above the untrained model at {GATE_OBJECTIVES} objectives: "
             f"{right['sft']} vs {right['untrained']} of {n_answers} sub-answers right, p = {p_sft:.3g} "
-            "(bench/results/learning.md)"
+            "(bench/results/learning.md)",
+            results,
         )
     return results
 

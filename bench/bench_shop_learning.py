@@ -23,6 +23,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from bench.bar import BarMissed  # noqa: E402
 from bench.stats import paired_greater  # noqa: E402
 from mem1_core import models  # noqa: E402
 from mem1_core.agent.policy import HFPolicy  # noqa: E402
@@ -129,9 +130,10 @@ def main(
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "shop_learning.md").write_text("\n".join(lines), encoding="utf-8")
     if p_random >= 0.05:
-        raise AssertionError(
+        raise BarMissed(
             f"shop SFT is not clearly above random valid actions: reward {mean['sft']:.3f} vs "
-            f"{mean['random valid actions']:.3f}, p = {p_random:.3g} (bench/results/shop_learning.md)"
+            f"{mean['random valid actions']:.3f}, p = {p_random:.3g} (bench/results/shop_learning.md)",
+            results,
         )
     return results
 

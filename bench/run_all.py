@@ -1,10 +1,12 @@
 """Run the benchmarks (every bench/bench_*.py, or those named) and log their numbers to MLflow.
 
 Each benchmark is a module with `main(results_dir) -> dict[str, float]` that writes its own
-`bench/results/<name>.md`. This runner collects the numbers into `bench/results/all.json` and logs
-them to MLflow: one run per invocation, one nested run per benchmark with its metrics and report.
-Tracking URI: $MLFLOW_TRACKING_URI, default sqlite:///runs/mlflow.db. A failing benchmark is reported
-and the others still run; the exit status is then 1.
+`bench/results/<name>.md`. This runner merges the numbers into `bench/results/all.json` (benchmarks
+not run this time keep their last numbers) and logs them to MLflow: one run per invocation, one
+nested run per benchmark with its metrics and report. Tracking URI: $MLFLOW_TRACKING_URI, default
+sqlite:///runs/mlflow.db. A failing benchmark is reported and the others still run; the exit status
+is then 1. One that raises `bench.bar.BarMissed` measured everything and missed its target: its
+numbers are kept and logged like the others'.
 
 Run: .venv/bin/python -m bench.run_all [NAME ...] [--no-mlflow]   (NAME: memory_scaling, shop, …)
 """
@@ -20,7 +22,10 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+
+from bench.bar import BarMissed
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO / "bench"
@@ -32,17 +37,64 @@ def discover() -> list[str]:
     return sorted(p.stem.removeprefix("bench_") for p in BENCH_DIR.glob("bench_*.py"))
 
 
-def run_one(name: str, results_dir: Path) -> dict[str, float]:
+BenchMain = Callable[[Path], object]
+
+
+def load_main(name: str) -> BenchMain:
+    """bench/bench_<name>.py's main."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    module = importlib.import_module(f"bench.bench_{name}")
-    results = module.main(results_dir)
+    return importlib.import_module(f"bench.bench_{name}").main
+
+
+def checked(name: str, results: object) -> dict[str, float]:
+    """A benchmark's numbers as floats; a wrong type names the benchmark."""
     if not isinstance(results, dict):
         raise TypeError(f"bench/bench_{name}.py: main() returned {type(results).__name__}, not a dict")
     bad = [k for k, v in results.items() if not isinstance(v, (int, float)) or isinstance(v, bool)]
     if bad:
         raise TypeError(f"bench/bench_{name}.py: main() returned non-numeric values for {bad}")
     return {k: float(v) for k, v in results.items()}
+
+
+def run_benches(
+    names: list[str], results_dir: Path, load: Callable[[str], BenchMain] = load_main
+) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """(numbers per benchmark that measured, names that failed); one failure does not stop the rest."""
+    all_results: dict[str, dict[str, float]] = {}
+    failed: list[str] = []
+    for name in names:
+        t0 = time.perf_counter()
+        print(f"== {name}", flush=True)
+        try:
+            all_results[name] = checked(name, load(name)(results_dir))
+        except BarMissed as missed:
+            all_results[name] = checked(name, missed.results)
+            print(f"   bar missed (numbers kept): {missed}", file=sys.stderr)
+            failed.append(name)
+            continue
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+            continue
+        took = time.perf_counter() - t0
+        print(f"   {len(all_results[name])} numbers in {took:.1f} s -> {results_dir / name}.md")
+    return all_results, failed
+
+
+def merge_results(path: Path, new: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Write `new` into the all.json at `path`, keeping the benchmarks it does not name."""
+    merged: dict[str, dict[str, float]] = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            print(f"warning: {path}: not JSON ({err}); starting it afresh", file=sys.stderr)
+            old = {}
+        merged = old if isinstance(old, dict) else {}
+    merged.update(new)
+    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return merged
 
 
 def _git_commit() -> str:
@@ -98,20 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
 
-    all_results: dict[str, dict[str, float]] = {}
-    failed: list[str] = []
-    for name in names:
-        t0 = time.perf_counter()
-        print(f"== {name}", flush=True)
-        try:
-            all_results[name] = run_one(name, results_dir)
-        except Exception:
-            traceback.print_exc()
-            failed.append(name)
-            continue
-        took = time.perf_counter() - t0
-        print(f"   {len(all_results[name])} numbers in {took:.1f} s -> {results_dir / name}.md")
-    (results_dir / "all.json").write_text(json.dumps(all_results, indent=2, sort_keys=True) + "\n")
+    all_results, failed = run_benches(names, results_dir)
+    merge_results(results_dir / "all.json", all_results)
 
     if all_results and not args.no_mlflow:
         run_id = log_to_mlflow(all_results, results_dir, args.experiment)
