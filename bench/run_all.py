@@ -66,15 +66,23 @@ def run_benches(
     for name in names:
         t0 = time.perf_counter()
         print(f"== {name}", flush=True)
+        missed: BarMissed | None = None
         try:
-            all_results[name] = checked(name, load(name)(results_dir))
-        except BarMissed as missed:
-            all_results[name] = checked(name, missed.results)
-            print(f"   bar missed (numbers kept): {missed}", file=sys.stderr)
-            failed.append(name)
-            continue
+            results = load(name)(results_dir)
+        except BarMissed as err:
+            results, missed = err.results, err
         except Exception:
             traceback.print_exc()
+            failed.append(name)
+            continue
+        try:
+            all_results[name] = checked(name, results)
+        except TypeError:
+            traceback.print_exc()
+            failed.append(name)
+            continue
+        if missed is not None:
+            print(f"   bar missed (numbers kept): {missed}", file=sys.stderr)
             failed.append(name)
             continue
         took = time.perf_counter() - t0

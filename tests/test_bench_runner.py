@@ -27,16 +27,33 @@ def _not_numbers(results_dir: Path) -> object:
     return {"device": "cpu"}
 
 
-MAINS = {"good": _measures, "missed": _misses, "crash": _crashes, "bad": _not_numbers}
+def _misses_with_bad_numbers(results_dir: Path) -> dict[str, float]:
+    raise BarMissed("missed", {"em": "n/a"})  # type: ignore[dict-item]
+
+
+MAINS = {
+    "good": _measures,
+    "missed": _misses,
+    "crash": _crashes,
+    "bad": _not_numbers,
+    "bad_missed": _misses_with_bad_numbers,
+    "last": _measures,
+}
 
 
 def test_a_missed_bar_keeps_its_numbers_and_fails_the_run(tmp_path: Path, capsys) -> None:
     results, failed = run_benches(list(MAINS), tmp_path, load=MAINS.__getitem__)
-    assert results == {"good": {"tokens_per_s": 12.5}, "missed": {"em": 0.0, "p": 1.0}}
-    assert failed == ["missed", "crash", "bad"]
+    # a broken benchmark never stops the ones after it
+    assert results == {
+        "good": {"tokens_per_s": 12.5},
+        "missed": {"em": 0.0, "p": 1.0},
+        "last": {"tokens_per_s": 12.5},
+    }
+    assert failed == ["missed", "crash", "bad", "bad_missed"]
     err = capsys.readouterr().err
     assert "bar missed (numbers kept): EM 0 vs 0" in err and "out of memory" in err
     assert "bench/bench_bad.py: main() returned non-numeric values for ['device']" in err
+    assert "bench/bench_bad_missed.py: main() returned non-numeric values for ['em']" in err
 
 
 def test_running_one_benchmark_keeps_the_others_numbers(tmp_path: Path) -> None:
