@@ -234,7 +234,7 @@ def main(
         "|---|" + "---:|" * len(dirs),
     ]
     for slot in slot_names:
-        cells = " | ".join(f"{slots[k][slot][0]:.2f}" if slot in slots[k] else "-" for k in dirs)
+        cells = " | ".join(_cell(slots[k][slot][0] if slot in slots[k] else None) for k in dirs)
         count = next(slots[k][slot][1] for k in dirs if slot in slots[k])
         lines.append(f"| {SLOTS[slot]} ({count}) | {cells} |")
     stage_names = list(dict.fromkeys(s for by_stage in stages.values() for s in by_stage))
