@@ -165,6 +165,22 @@ def parse_mode(mode: str) -> tuple[str, int | None]:
     raise ValueError(f"unknown agent mode {mode!r}: use mem1, full or truncate:K with K >= 1")
 
 
+class PretrainConfig(StrictModel):
+    """Causal-LM pre-training of a 'tiny' base model on the data set's text before SFT.
+
+    A hub model arrives pre-trained; a tiny model starts from random weights and has never seen a name
+    repeated in a text, so SFT alone does not teach it to copy one from a prompt into its state.
+    Skipped (with a message) for any other base model.
+    """
+
+    steps: int = Field(0, ge=0, description="optimizer steps; 0 = no pre-training")
+    seq_len: int = Field(256, ge=8, description="tokens per training window")
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(4e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to learning_rate x this")
+    warmup_steps: int = Field(50, ge=0)
+
+
 class SFTConfig(StrictModel):
     """sft_warmup: teach the tag format on oracle-teacher trajectories (TRL SFTTrainer)."""
 
@@ -179,6 +195,7 @@ class SFTConfig(StrictModel):
     max_seq_len: int = Field(1024, ge=16)
     warmup_ratio: float = Field(0.05, ge=0, le=1)
     deepspeed_config: str | None = Field(None, description="DeepSpeed JSON for the HF Trainer (CUDA only)")
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     seed: int = 0
 
 

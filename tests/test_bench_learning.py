@@ -61,6 +61,7 @@ def test_bench_fails_and_still_writes_its_table_when_sft_is_not_above_untrained(
         "sft.model.tiny": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                            "num_key_value_heads": 1, "intermediate_size": 64, "vocab_size": 512},
         "sft.epochs": 0.5,
+        "sft.pretrain": {"steps": 2, "seq_len": 32, "batch_size": 2, "warmup_steps": 0},
         "ppo.steps": 1,
         "ppo.prompts_per_step": 2,
         "ppo.minibatch_size": 2,
@@ -74,6 +75,8 @@ def test_bench_fails_and_still_writes_its_table_when_sft_is_not_above_untrained(
     table = (tmp_path / "learning.md").read_text(encoding="utf-8")
     assert "| untrained |" in table and "| sft |" in table and "| ppo |" in table
     assert "does NOT hold" in table and "Fisher exact" in table
+    assert "causal-LM pre-training 2 steps x 2 windows of 32 tokens" in table
+    assert missed.value.results["learning_sft_pretrain_steps"] == 2
     stage_rows = [line for line in table.splitlines() if line.startswith(("| model, objectives", "| sft, "))]
     assert len({row.count("|") for row in stage_rows}) == 1, "every stage row has the header's columns"
 

@@ -10,13 +10,14 @@ Teachers: the data dir's domain's scripted teacher (envs.domains: OracleTeacher 
 with BM25 over the composed corpus, ShopOracleTeacher on the shop catalogue) run through agent.rollout,
 or a jsonl of trajectories from any teacher (`cfg.teacher_trajectories`; their ids must come from
 the base model's tokenizer). For base_model "tiny" the tokenizer is trained on the corpus, the
-prompts and the teacher's outputs, and the model is built from the config.
+prompts and the teacher's outputs, and the model is built from the config. With `cfg.pretrain.steps`
+the model is first trained as a plain causal LM on the data set's text (rl.pretrain), which is what
+lets a random-weight model learn to copy names.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from mem1_core.agent.tags import DEFAULT_GRAMMAR, TagGrammar
 from mem1_core.agent.types import Trajectory
 from mem1_core.config import AgentConfig, SFTConfig
 from mem1_core.data.types import Document, Task
+from mem1_core.rl.trainer_log import log_callback
 
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -120,32 +122,6 @@ def _build_tiny(
     return model, tokenizer, trajs
 
 
-class _LogCallback:
-    """Forward the trainer's logs (loss, lr, grad norm) to `log` as sft/* metrics."""
-
-    def __init__(self, log: LogFn) -> None:
-        self.log = log
-
-    def as_trainer_callback(self) -> Any:
-        from transformers import TrainerCallback
-
-        outer = self
-
-        class _CB(TrainerCallback):
-            def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-                if not logs or not state.is_world_process_zero:  # under torchrun, rank 0 logs
-                    return
-                metrics = {
-                    f"sft/{k}": float(v)
-                    for k, v in logs.items()
-                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-                }
-                if metrics:
-                    outer.log(metrics, int(state.global_step))
-
-        return _CB()
-
-
 def build_trainer(
     cfg: SFTConfig,
     model: Any,
@@ -184,7 +160,7 @@ def build_trainer(
         args=args,
         train_dataset=Dataset.from_list(examples),
         processing_class=tokenizer,
-        callbacks=[_LogCallback(log).as_trainer_callback()] if log else None,
+        callbacks=[log_callback(log, "sft")] if log else None,
     )
     return trainer
 
@@ -197,7 +173,7 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
     from mem1_core.config import ConfigError
     from mem1_core.data.compose import load_corpus, load_tasks
     from mem1_core.envs import domains
-    from mem1_core.rl import distributed
+    from mem1_core.rl import distributed, pretrain
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if cfg.deepspeed_config:
@@ -251,6 +227,11 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
         log({f"sft/data_{k}": float(v) for k, v in summary.items()}, 0)
 
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: input that fails the checks above writes nothing
+    if cfg.pretrain.steps:
+        texts = domains.tokenizer_texts(domains.domain_of(data_dir), tasks, load_corpus(data_dir), grammar)
+        pre = pretrain.run(cfg.pretrain, model, tokenizer, texts, out_dir, log, seed=cfg.seed)
+        print(f"sft: pre-training {json.dumps(pre)}")
+        summary.update({f"pretrain_{k}": v for k, v in pre.items()})
     model.train()
     trainer = build_trainer(cfg, model, tokenizer, examples, out_dir, log)
     result = trainer.train()
