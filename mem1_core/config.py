@@ -170,7 +170,7 @@ class PretrainConfig(StrictModel):
 
     A hub model arrives pre-trained; a tiny model starts from random weights and has never seen a name
     repeated in a text, so SFT alone does not teach it to copy one from a prompt into its state.
-    Skipped (with a message) for any other base model.
+    Refused for any other base model: a hub model is pre-trained, and its size would need DeepSpeed here.
     """
 
     steps: int = Field(0, ge=0, description="optimizer steps; 0 = no pre-training")
@@ -197,6 +197,15 @@ class SFTConfig(StrictModel):
     deepspeed_config: str | None = Field(None, description="DeepSpeed JSON for the HF Trainer (CUDA only)")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _pretrain_only_tiny(self) -> SFTConfig:
+        if self.pretrain.steps and self.model.base_model != "tiny":
+            raise ValueError(
+                f"pretrain.steps {self.pretrain.steps} needs model.base_model 'tiny': "
+                f"{self.model.base_model!r} is pre-trained already (set pretrain.steps to 0)"
+            )
+        return self
 
 
 class PPOConfig(StrictModel):

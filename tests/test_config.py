@@ -62,3 +62,13 @@ def test_section_round_trips_through_json() -> None:
     cfg = PipelineConfig()
     again = parse_section(EvalConfig, cfg.eval.model_dump_json())
     assert again == cfg.eval
+
+
+def test_pretraining_is_refused_for_a_pretrained_base_model(tmp_path: Path) -> None:
+    tiny = load_config(REPO / "configs" / "local-tiny.yaml", {"sft.pretrain.steps": 10})
+    assert tiny.sft.pretrain.steps == 10
+    bad = tmp_path / "hub.yaml"
+    bad.write_text("sft:\n  model: {base_model: Qwen/Qwen2.5-0.5B}\n  pretrain: {steps: 10}\n")
+    expected = r"hub\.yaml:1: sft: .*pretrain\.steps 10 needs model\.base_model 'tiny'"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(bad)

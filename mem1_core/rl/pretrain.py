@@ -4,7 +4,7 @@ Why: a tiny model built from a config starts from random weights. SFT on teacher
 it the tag format but not to copy a name it has never seen from the prompt into its state, the copy a
 second objective needs (bench/results/learning.md). The corpus repeats every name inside one passage
 ("X was born in ... X works for ..."), which is what next-token training grows copy heads on. A hub
-model already has them; for it the same step is plain continued pre-training on the domain's text.
+model already has them, so the config allows this step for base_model "tiny" only.
 
 The texts are the ones the tiny tokenizer is trained on (envs.domains.tokenizer_texts): passages,
 training prompts and training gold answers, never a held-out task or a teacher turn. They are
