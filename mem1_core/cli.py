@@ -16,7 +16,8 @@ COMMANDS: dict[str, str] = {
     "compose": "compose N-objective tasks and the retrieval corpus from QA sources",
     "serve-retrieval": "serve a corpus over HTTP (POST /retrieve, GET /healthz)",
     "rollout": "run the agent (a model or the oracle) in mem1/full/truncate:k mode and print metrics",
-    "sft": "SFT warm-up on teacher trajectories (TRL SFTTrainer)",
+    "sft": "SFT warm-up on teacher trajectories (TRL SFTTrainer), after sft.pretrain.steps of causal-LM "
+    "pre-training for a tiny model",
     "ppo": "PPO training with the MEM1 attention mask",
     "eval": "the evaluation grid: objectives x memory modes; tables and plots",
     "register": "register a trained model in MLflow behind the promotion gate",

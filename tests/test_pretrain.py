@@ -93,3 +93,18 @@ def test_pretraining_is_off_by_default(data_dir: Path, tmp_path: Path) -> None:
     sft.run(small_sft_config(epochs=0.5), data_dir, tmp_path)
     summary = json.loads((tmp_path / "sft_summary.json").read_text())
     assert not any(k.startswith("pretrain_") for k in summary)
+
+
+def test_cli_sft_prints_each_stage_by_name(data_dir: Path, tmp_path: Path, capsys) -> None:
+    from mem1_core.cli import main
+
+    rc = main(
+        [
+            "sft", "--data-dir", str(data_dir), "--out", str(tmp_path), "--set", "sft.epochs=0.2",
+            "--set", "sft.pretrain.steps=3", "--set", "sft.pretrain.seq_len=32",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "pretrain step 1: " in out and "pretrain step 3: " in out and "sft step 1: " in out
+    assert out.index("pretrain step 3: ") < out.index("sft step 1: ")

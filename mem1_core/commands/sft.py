@@ -1,4 +1,4 @@
-"""`mem1 sft`: SFT warm-up on teacher trajectories; writes OUT/model (a model dir) and a summary."""
+"""`mem1 sft`: optional pre-training, then SFT warm-up on teacher trajectories; writes OUT/model."""
 
 from __future__ import annotations
 
@@ -11,13 +11,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", required=True, help="output of `mem1 compose`")
     parser.add_argument("--out", required=True, help="output directory; the model goes to OUT/model")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. sft.epochs=1"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override, e.g. sft.epochs=1 or sft.pretrain.steps=500",
     )
 
 
 def print_metrics(metrics: dict[str, float], step: int) -> None:
+    """One line per logged step, named by its stage (pretrain, sft, ppo): each counts steps from 1."""
+    stages = sorted({k.split("/", 1)[0] for k in metrics if "/" in k})
     shown = " ".join(f"{k.split('/', 1)[-1]}={v:.4g}" for k, v in sorted(metrics.items()))
-    print(f"step {step}: {shown}", flush=True)
+    print(f"{'+'.join(stages) or 'sft'} step {step}: {shown}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
