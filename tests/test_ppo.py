@@ -84,6 +84,30 @@ def test_behaviour_logprobs_equal_stitched_ones(data_dir: Path, model_dir: Path,
     assert worst < 1e-4, f"behaviour vs stitched log-probs differ by {worst}"
 
 
+def test_an_update_moves_probability_toward_rewarded_episodes(
+    data_dir: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    """The sign of the whole chain (reward -> GAE -> whitening -> clipped loss -> step): the same sampled
+    episodes, half rewarded and half not; after updates the rewarded ones gain log-probability."""
+    cfg = small_ppo(prompts_per_step=8, minibatch_size=8, ppo_epochs=4, kl_coef=0.0, entropy_coef=0.0)
+    trainer = ppo.PPOTrainer(cfg, data_dir, model_dir, tmp_path)
+    trajs, _ = trainer.rollout()
+    seqs = [stitch(t) for t in trajs if t.turns]
+    for k, seq in enumerate(seqs):
+        seq.reward = float(k % 2 == 0)
+
+    def mean_logprob() -> list[float]:
+        return [float((x.old_logprobs * x.loss_mask).sum() / x.loss_mask.sum()) for x in trainer.score(seqs)]
+
+    before = mean_logprob()
+    trainer.update(trainer.score(seqs))
+    delta = [a - b for a, b in zip(mean_logprob(), before, strict=True)]
+    up = [d for k, d in enumerate(delta) if k % 2 == 0]
+    down = [d for k, d in enumerate(delta) if k % 2 == 1]
+    assert min(up) > max(down), f"rewarded {up} vs unrewarded {down}"
+    assert sum(up) / len(up) > 0 > sum(down) / len(down)
+
+
 def _history(out: Path) -> list[dict[str, float]]:
     rows = json.loads((out / "metrics_history.json").read_text())
     return [{k: v for k, v in r.items() if k.split("/")[-1] not in TIMING} for r in rows]
