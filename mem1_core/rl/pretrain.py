@@ -15,14 +15,12 @@ transformers' examples, trained with transformers' Trainer (progress bar, cosine
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from mem1_core.config import ConfigError, PretrainConfig
-from mem1_core.rl.trainer_log import log_callback
-
-LogFn = Callable[[dict[str, float], int], None]
+from mem1_core.rl.trainer_log import LogFn, log_callback
 
 
 def token_windows(

@@ -27,9 +27,7 @@ from mem1_core.agent.tags import DEFAULT_GRAMMAR, TagGrammar
 from mem1_core.agent.types import Trajectory
 from mem1_core.config import AgentConfig, SFTConfig
 from mem1_core.data.types import Document, Task
-from mem1_core.rl.trainer_log import log_callback
-
-LogFn = Callable[[dict[str, float], int], None]
+from mem1_core.rl.trainer_log import LogFn, log_callback
 
 
 def make_env_factory(
@@ -106,8 +104,9 @@ def _build_tiny(
     corpus: list[Document],
     env_factory: Callable[[Task], Any],
     domain: str = "qa",
-) -> tuple[Any, Any, list[Trajectory]]:
-    """Two passes: a provisional tokenizer to run the teacher, then the final one trained on its outputs."""
+) -> tuple[Any, Any, list[Trajectory], list[str]]:
+    """Two passes: a provisional tokenizer to run the teacher, then the final one trained on its outputs.
+    Also returns the data set's texts (no teacher turn), the ones pre-training reads."""
     from mem1_core import models
     from mem1_core.envs import domains
 
@@ -119,7 +118,7 @@ def _build_tiny(
     tokenizer = models.train_tokenizer(base_texts + teacher_text, cfg.model.tiny.vocab_size, grammar)
     model = models.build_tiny_model(cfg.model.tiny, tokenizer, seed=cfg.seed)
     trajs = oracle_trajectories(tasks, env_factory, tokenizer, cfg.agent, grammar, domain)
-    return model, tokenizer, trajs
+    return model, tokenizer, trajs, base_texts
 
 
 def build_trainer(
@@ -186,6 +185,7 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
     if cfg.n_tasks is not None:
         tasks = tasks[: cfg.n_tasks]
     grammar = DEFAULT_GRAMMAR
+    pretrain_texts: list[str] = []  # filled for base_model "tiny", the only one sft.pretrain accepts
 
     if cfg.teacher_trajectories:
         if cfg.model.base_model == "tiny":
@@ -201,7 +201,7 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
         corpus = load_corpus(data_dir)
         if cfg.model.base_model == "tiny":
             env_factory = domains.env_factory_for(domain, data_dir, cfg.agent, grammar, corpus=corpus)
-            model, tokenizer, trajs = _build_tiny(cfg, tasks, corpus, env_factory, domain)
+            model, tokenizer, trajs, pretrain_texts = _build_tiny(cfg, tasks, corpus, env_factory, domain)
         else:
             model, tokenizer = models.load_model(cfg.model.base_model, cfg.model)
             grammar = models.load_grammar(cfg.model.base_model)
@@ -228,8 +228,7 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
 
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: input that fails the checks above writes nothing
     if cfg.pretrain.steps:
-        texts = domains.tokenizer_texts(domains.domain_of(data_dir), tasks, load_corpus(data_dir), grammar)
-        pre = pretrain.run(cfg.pretrain, model, tokenizer, texts, out_dir, log, seed=cfg.seed)
+        pre = pretrain.run(cfg.pretrain, model, tokenizer, pretrain_texts, out_dir, log, seed=cfg.seed)
         print(f"sft: pre-training {json.dumps(pre)}")
         summary.update({f"pretrain_{k}": v for k, v in pre.items()})
     model.train()
