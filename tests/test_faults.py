@@ -108,9 +108,8 @@ def test_ppo_survives_sigkill_and_resumes_without_gap_or_duplicate(
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resumed from {ckpts / f'step_{last}'} at step {last}" in resumed.stdout
-    printed = [
-        int(line.split()[1].rstrip(":")) for line in resumed.stdout.splitlines() if line.startswith("step ")
-    ]
+    lines = resumed.stdout.splitlines()
+    printed = [int(line.split()[2].rstrip(":")) for line in lines if line.startswith("ppo step ")]
     assert printed == list(range(last + 1, steps + 1)), "the resumed run logged only the steps it ran"
 
     history = _history(out)

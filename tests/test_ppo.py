@@ -155,7 +155,7 @@ def test_cli_ppo_runs_and_prints_metrics(data_dir: Path, model_dir: Path, tmp_pa
     )  # fmt: skip
     assert rc == 0
     out = capsys.readouterr().out
-    assert "step 1:" in out and "reward=" in out and "kl=" in out
+    assert "ppo step 1:" in out and "reward=" in out and "kl=" in out
     assert (tmp_path / "model" / "mem1.json").is_file()
 
 
