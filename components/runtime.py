@@ -13,17 +13,17 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mem1_core.config import PipelineConfig
+from mem1_core.rl.trainer_log import LogFn
 
 if TYPE_CHECKING:
     from mem1_core.tracking import RunHandle, Tracker
 
-LogFn = Callable[[dict[str, float], int], None]
 
 # Keys of PipelineConfig that the pipeline's own parameters may override (beyond the free `overrides`).
 SECTIONS = ("compose", "sft", "ppo", "eval", "registry")

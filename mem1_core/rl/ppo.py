@@ -31,7 +31,6 @@ import copy
 import json
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,10 +41,10 @@ from mem1_core.config import ModelConfig, PPOConfig
 from mem1_core.envs import domains
 from mem1_core.rl import checkpoint, distributed
 from mem1_core.rl.attention import AttentionBackend, resolve_backend
+from mem1_core.rl.trainer_log import LogFn
 from mem1_core.rl.trajectory import Batch, StitchedSequence, collate, stitch
 from mem1_core.rl.value import Critic, actor_logprobs
 
-LogFn = Callable[[dict[str, float], int], None]
 PACK_TOKENS = 4096  # row width when packing (flex backend); dense pads one episode per row
 RANK_SEED_STRIDE = 1_000_000  # rank r samples with seed + r * stride (rank 0 = the single-process seed)
 SUMMED_METRICS = ("update_tokens_per_s", "rollout_tokens_per_s")  # throughput of the whole job

@@ -1,4 +1,4 @@
-"""Forward a transformers Trainer's logs (loss, lr, grad norm) to the step's log function."""
+"""The steps' log function type, and a forwarder of a transformers Trainer's logs to one."""
 
 from __future__ import annotations
 
