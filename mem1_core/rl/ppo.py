@@ -1,28 +1,41 @@
 """PPO over MEM1 rollouts, scored through one stitched, masked forward pass per batch.
 
-Each step: sample `prompts_per_step` training tasks, roll them out in mem1 mode with the actor
-(HFPolicy, temperature cfg.agent.temperature), stitch every episode (rl/trajectory.py), and run one
-masked forward pass per mini-batch for the old log-probs, the reference log-probs and the values.
-Per-token reward = -kl_coef * (log pi_old - log pi_ref) on every generated token, plus the task reward
-(mean EM over objectives) on the episode's last generated token. GAE(gamma, lam) runs over the
-episode's generated tokens in order, across turns; advantages are whitened over the step. Then
-`ppo_epochs` passes of clipped policy loss with an entropy bonus, and a clipped value loss, with
-gradient-norm clipping on both optimizers.
+Each step: sample `prompts_per_step` training tasks, roll each out `group_size` times in mem1 mode
+with the actor (HFPolicy, temperature cfg.agent.temperature), stitch every episode
+(rl/trajectory.py), and run one masked forward pass per mini-batch for the old and reference
+log-probs (and the values, with a critic). Log-probs are those of softmax(logits / T), the
+distribution that was sampled, so the ratio starts at exactly 1.
 
-Models: actor = the SFT model; critic = value head on a copy of the SFT backbone (rl/value.py);
-frozen reference = another copy. The single-process path (CPU or one GPU) needs no DeepSpeed;
-configs/deepspeed_zero{2,3}.json are for multi-GPU launches (see their README note in the report).
+Advantages (`advantage`, rl/advantages.py):
+- gae: per-token reward = -kl_coef * (log pi_old - log pi_ref) on every generated token, plus the task
+  reward (mean EM over objectives) on the episode's last generated token; GAE(gamma, lam) over the
+  episode's generated tokens in order, across turns; whitened over the step. Critic trained with a
+  clipped value loss.
+- grpo / rloo: each episode's reward against its group's (the same task's other samples); every
+  generated token carries the episode's advantage; the KL to the reference is a loss term
+  (kl_coef x the k3 estimator, as in GRPO); no critic exists.
+Then `ppo_epochs` passes of clipped policy loss with an entropy bonus, aggregated per `loss_agg`,
+with gradient-norm clipping.
+
+Models: actor = the SFT model; critic (gae only) = value head on a copy of the SFT backbone
+(rl/value.py); frozen reference = another copy. The single-process path (CPU or one GPU) needs no
+DeepSpeed; configs/deepspeed_zero{2,3}.json are for multi-GPU launches.
+
+With `eval_every` > 0, greedy held-out EM on `eval_tasks` tasks per count in `eval_objectives` is
+measured before step 1 and every `eval_every` steps: the learning curve, logged as
+`ppo/heldout_em_n<N>` beside the training reward.
 
 Checkpoints every `checkpoint_every` steps and at the end (rl/checkpoint.py, atomic); a run whose
 out_dir holds one resumes from the latest, with the same task sampling and sampling seeds as an
 uninterrupted run, and a metrics history with no gap and no duplicate.
 
 Under torchrun (WORLD_SIZE > 1, rl/distributed.py) the step is data-parallel: every rank draws the same
-`prompts_per_step` tasks and rolls out its strided shard with its own sampling seed; advantages are
-whitened with global statistics; each global mini-batch of `minibatch_size` episodes is split evenly
-over the ranks and gradients are averaged (explicit all-reduce, or DeepSpeed ZeRO-2/3 engines when
-`deepspeed_config` is set and CUDA is present); metrics are all-reduced and logged by rank 0, which alone
-writes checkpoints and the final model; every rank resumes from the checkpoint rank 0 picks.
+`prompts_per_step` tasks and rolls out its strided shard (whole groups) with its own sampling seed;
+GAE advantages are whitened with global statistics; each global mini-batch of `minibatch_size` episodes
+is split evenly over the ranks and gradients are averaged (explicit all-reduce, or DeepSpeed ZeRO-2/3
+engines when `deepspeed_config` is set and CUDA is present); metrics are all-reduced and logged by
+rank 0, which alone writes checkpoints and the final model; every rank resumes from the checkpoint
+rank 0 picks.
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ import torch
 from mem1_core.config import ModelConfig, PPOConfig
 from mem1_core.envs import domains
 from mem1_core.rl import checkpoint, distributed
+from mem1_core.rl.advantages import gae, group_advantages, group_stats
 from mem1_core.rl.attention import AttentionBackend, resolve_backend
 from mem1_core.rl.trainer_log import LogFn
 from mem1_core.rl.trajectory import Batch, StitchedSequence, collate, stitch
@@ -48,7 +62,8 @@ from mem1_core.rl.value import Critic, actor_logprobs
 PACK_TOKENS = 4096  # row width when packing (flex backend); dense pads one episode per row
 RANK_SEED_STRIDE = 1_000_000  # rank r samples with seed + r * stride (rank 0 = the single-process seed)
 SUMMED_METRICS = ("update_tokens_per_s", "rollout_tokens_per_s")  # throughput of the whole job
-SLOWEST_METRICS = ("rollout_s", "score_s")  # the step waits for the slowest rank
+SLOWEST_METRICS = ("rollout_s", "score_s", "heldout_s")  # the step waits for the slowest rank
+REWARD_WINDOW = 10  # steps in the reward moving average
 
 
 @dataclass
@@ -58,27 +73,10 @@ class Scored:
     seq: StitchedSequence
     old_logprobs: torch.Tensor
     ref_logprobs: torch.Tensor
-    values: torch.Tensor
+    values: torch.Tensor  # zeros without a critic
     advantages: torch.Tensor
-    returns: torch.Tensor
+    returns: torch.Tensor  # zeros without a critic
     loss_mask: torch.Tensor
-
-
-def gae(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """GAE over the masked (generated) tokens of one episode, in order; zeros elsewhere."""
-    idx = torch.nonzero(mask > 0).squeeze(-1).tolist()
-    adv = torch.zeros_like(values)
-    last = 0.0
-    next_v = 0.0
-    for i in reversed(idx):
-        delta = float(rewards[i]) + gamma * next_v - float(values[i])
-        last = delta + gamma * lam * last
-        adv[i] = last
-        next_v = float(values[i])
-    returns = (adv + values) * mask
-    return adv, returns
 
 
 def _em(traj: Any) -> float:
@@ -92,6 +90,25 @@ def _em(traj: Any) -> float:
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def aggregate(x: torch.Tensor, mask: torch.Tensor, episode_ids: torch.Tensor, how: str) -> torch.Tensor:
+    """A per-token loss [B, L] to a scalar: `token_mean` over every loss token of the batch, or
+    `sequence_mean`, each episode's token mean first, then the mean over episodes."""
+    if how == "token_mean":
+        return _masked_mean(x, mask)
+    n = int(episode_ids.max()) + 1
+    ep = episode_ids.clamp(min=0).flatten()  # padding (-1) has mask 0, so its slot adds nothing
+    num = torch.zeros(n, dtype=x.dtype, device=x.device).scatter_add(0, ep, (x * mask).flatten())
+    den = torch.zeros(n, dtype=x.dtype, device=x.device).scatter_add(0, ep, mask.flatten().to(x.dtype))
+    has = den > 0
+    return (num[has] / den[has]).mean()
+
+
+def _k3(new: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi || ref) estimate exp(ref - new) - (ref - new) - 1: unbiased and >= 0 (Schulman)."""
+    d = ref - new
+    return d.exp() - d - 1
 
 
 class PPOTrainer:
@@ -142,24 +159,40 @@ class PPOTrainer:
         actor, self.tokenizer = models.load_model(model_dir, ModelConfig())
         self.actor = actor.to(self.device)
         self.ref = copy.deepcopy(self.actor).eval().requires_grad_(False)
-        self.critic = Critic(copy.deepcopy(self.actor)).to(self.device)
-        head = self.model_dir / "value_head.safetensors"
-        if head.is_file():
-            self.critic.load_head(head)
+        # Only GAE needs a value function; the group estimators' baseline is the group itself.
+        self.critic: Critic | None = None
+        if cfg.advantage == "gae":
+            self.critic = Critic(copy.deepcopy(self.actor)).to(self.device)
+            head = self.model_dir / "value_head.safetensors"
+            if head.is_file():
+                self.critic.load_head(head)
         self.pad_id = int(self.tokenizer.pad_token_id)
         self.engines: dict[str, Any] = {}  # "actor"/"critic" DeepSpeed engines when deepspeed_config is set
         self.zero3 = False
         if ds_raw is not None:
             self._init_deepspeed(ds_raw)
-        self.opt_actor = torch.optim.AdamW(self.actor.parameters(), lr=cfg.actor_lr)
-        self.opt_critic = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr)
         # Constant learning rates (the paper's); schedulers are kept so a schedule can be swapped in
         # and so resume restores their state like everything else.
-        self.sched_actor = torch.optim.lr_scheduler.LambdaLR(self.opt_actor, lambda _: 1.0)
-        self.sched_critic = torch.optim.lr_scheduler.LambdaLR(self.opt_critic, lambda _: 1.0)
+        self.opt: dict[str, torch.optim.Optimizer] = {}
+        self.sched: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+        for name, module, lr in (("actor", self.actor, cfg.actor_lr), ("critic", self.critic, cfg.critic_lr)):
+            if module is not None:
+                self.opt[name] = torch.optim.AdamW(module.parameters(), lr=lr)
+                self.sched[name] = torch.optim.lr_scheduler.LambdaLR(self.opt[name], lambda _: 1.0)
         self.env_factory = domains.env_factory_for(
             self.domain, Path(data_dir), cfg.agent, self.grammar, corpus=corpus, catalog=catalog
         )
+        # The learning curve's held-out tasks: the first eval_tasks of each count, fixed for the run.
+        self.curve_tasks: dict[int, list[Any]] = {}
+        if cfg.eval_every:
+            held_out = load_tasks(Path(data_dir), "eval")
+            for n in cfg.eval_objectives:
+                chosen = [t for t in held_out if t.n_objectives == n][: cfg.eval_tasks]
+                if not chosen:
+                    raise ConfigError(
+                        f"ppo.eval_objectives: the data set has no held-out task with {n} objectives"
+                    )
+                self.curve_tasks[n] = chosen
         self.task_rng = random.Random(cfg.seed)
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -176,14 +209,16 @@ class PPOTrainer:
             hidden_size=int(self.actor.config.hidden_size),
         )
         self.zero3 = distributed.zero_stage(ds_cfg) == 3
-        out_emb, in_emb = self.critic.lm.get_output_embeddings(), self.critic.lm.get_input_embeddings()
-        if out_emb is not None and out_emb.weight is not in_emb.weight:
-            out_emb.requires_grad_(False)  # the critic never uses its lm_head; ZeRO need not reduce it
         if not self.dist.enabled:
             distributed.single_process_env()  # one GPU without torchrun
         self.engines["actor"] = distributed.deepspeed_initialize(self.actor, self.cfg.actor_lr, ds_cfg)
-        self.engines["critic"] = distributed.deepspeed_initialize(self.critic, self.cfg.critic_lr, ds_cfg)
-        self.actor, self.critic = self.engines["actor"].module, self.engines["critic"].module
+        self.actor = self.engines["actor"].module
+        if self.critic is not None:
+            out_emb, in_emb = self.critic.lm.get_output_embeddings(), self.critic.lm.get_input_embeddings()
+            if out_emb is not None and out_emb.weight is not in_emb.weight:
+                out_emb.requires_grad_(False)  # the critic never uses its lm_head; ZeRO need not reduce it
+            self.engines["critic"] = distributed.deepspeed_initialize(self.critic, self.cfg.critic_lr, ds_cfg)
+            self.critic = self.engines["critic"].module
         if self.zero3:
             self.ref = distributed.deepspeed_inference(self.ref, ds_cfg).eval()
 
@@ -196,26 +231,31 @@ class PPOTrainer:
         from mem1_core import models
 
         models.save_model(self.actor, self.tokenizer, where / "actor", self.grammar)
-        self.critic.save(where / "critic")
+        if self.critic is not None:
+            self.critic.save(where / "critic")
+
+    def _modules(self) -> list[torch.nn.Module]:
+        return [m for m in (self.actor, self.critic) if m is not None]
 
     def save_checkpoint(self) -> Path:
         """Rank 0 writes the checkpoint (optimizer states are the same on every rank); with DeepSpeed every
         rank first writes its optimizer shard through the engine, and ZeRO-3 weights are gathered."""
-        state: dict[str, Any] = {"step": self.step, "rng": checkpoint.rng_state(self.task_rng)}
+        state: dict[str, Any] = {
+            "step": self.step,
+            "rng": checkpoint.rng_state(self.task_rng),
+            "advantage": self.cfg.advantage,
+        }
         if self.engines:
             tag = f"step_{self.step}"
             for name, engine in self.engines.items():
                 engine.save_checkpoint(str(self._deepspeed_dir(name)), tag=tag)
             state["deepspeed_tag"] = tag
         else:
-            state.update(
-                opt_actor=self.opt_actor.state_dict(),
-                opt_critic=self.opt_critic.state_dict(),
-                sched_actor=self.sched_actor.state_dict(),
-                sched_critic=self.sched_critic.state_dict(),
-            )
+            for name in self.opt:
+                state[f"opt_{name}"] = self.opt[name].state_dict()
+                state[f"sched_{name}"] = self.sched[name].state_dict()
         path = checkpoint.checkpoint_root(self.out_dir) / f"step_{self.step}"
-        with distributed.gathered([self.actor, self.critic], self.zero3):
+        with distributed.gathered(self._modules(), self.zero3):
             if self.dist.is_main:
                 path = checkpoint.save(self.out_dir, self.step, self._save_models, state, self.history)
         distributed.barrier(self.dist)
@@ -235,6 +275,12 @@ class PPOTrainer:
         if ckpt is None:
             return False
         state, history = checkpoint.load_state(ckpt)
+        written_by = state.get("advantage", "gae")  # checkpoints from before the choice existed were gae
+        if written_by != self.cfg.advantage:
+            raise ValueError(
+                f"{ckpt}: written by a run with another ppo.advantage ({written_by!r}, this run: "
+                f"{self.cfg.advantage!r}); resume with the estimator that wrote it, or use a new out_dir"
+            )
         if self.engines:
             if "deepspeed_tag" not in state:
                 raise ValueError(
@@ -247,13 +293,13 @@ class PPOTrainer:
                 raise ValueError(f"{ckpt}: written by DeepSpeed engines; resume it with ppo.deepspeed_config")
             actor, _ = models.load_model(ckpt / "actor", ModelConfig())
             self.actor.load_state_dict(actor.state_dict())
-            critic_lm = AutoModelForCausalLM.from_pretrained(ckpt / "critic", use_safetensors=True)
-            self.critic.lm.load_state_dict(critic_lm.state_dict())
-            self.critic.load_head(ckpt / "critic" / "value_head.safetensors")
-            self.opt_actor.load_state_dict(state["opt_actor"])
-            self.opt_critic.load_state_dict(state["opt_critic"])
-            self.sched_actor.load_state_dict(state["sched_actor"])
-            self.sched_critic.load_state_dict(state["sched_critic"])
+            if self.critic is not None:
+                critic_lm = AutoModelForCausalLM.from_pretrained(ckpt / "critic", use_safetensors=True)
+                self.critic.lm.load_state_dict(critic_lm.state_dict())
+                self.critic.load_head(ckpt / "critic" / "value_head.safetensors")
+            for name in self.opt:
+                self.opt[name].load_state_dict(state[f"opt_{name}"])
+                self.sched[name].load_state_dict(state[f"sched_{name}"])
         checkpoint.restore_rng(state["rng"], self.task_rng)
         self.step = int(state["step"])
         self.history = [h for h in history if h["step"] <= self.step]
@@ -268,53 +314,88 @@ class PPOTrainer:
         return collate(seqs, self.pad_id, pack=pack, max_len=max(longest, PACK_TOKENS if pack else 0))
 
     def rollout(self) -> tuple[list[Any], float]:
+        """This rank's episodes: its shard of the step's tasks, each `group_size` times in a row."""
+        # Every rank draws the same tasks (same task_rng), then rolls out its own shard of whole groups.
+        tasks = distributed.shard(self.task_rng.sample(self.tasks, self.cfg.prompts_per_step), self.dist)
+        grouped = [task for task in tasks for _ in range(self.cfg.group_size)]
+        seed = self.cfg.seed * 1_000_003 + self.step + self.dist.rank * RANK_SEED_STRIDE
+        t0 = time.perf_counter()
+        trajs = self._episodes(grouped, self.cfg.agent.temperature, seed)
+        return trajs, time.perf_counter() - t0
+
+    def _episodes(self, tasks: list[Any], temperature: float, seed: int) -> list[Any]:
         from mem1_core.agent.policy import HFPolicy
         from mem1_core.agent.rollout import run_episodes
 
-        # Every rank draws the same tasks (same task_rng), then rolls out its own shard.
-        tasks = distributed.shard(self.task_rng.sample(self.tasks, self.cfg.prompts_per_step), self.dist)
         agent = self.cfg.agent
         policy = HFPolicy(
-            self.actor,
-            self.tokenizer,
-            temperature=agent.temperature,
-            batch_size=agent.batch_size,
-            seed=self.cfg.seed * 1_000_003 + self.step + self.dist.rank * RANK_SEED_STRIDE,
+            self.actor, self.tokenizer, temperature=temperature, batch_size=agent.batch_size, seed=seed
         )
-        t0 = time.perf_counter()
         self.actor.eval()
         with torch.no_grad():
-            trajs = run_episodes(tasks, self.env_factory, policy, agent, mode="mem1", progress=False)
-        return trajs, time.perf_counter() - t0
+            return run_episodes(tasks, self.env_factory, policy, agent, mode="mem1", progress=False)
+
+    def heldout(self) -> dict[str, float]:
+        """Greedy held-out EM (and reward) per count: the learning curve's points. Ranks split the tasks."""
+        t0 = time.perf_counter()
+        out: dict[str, float] = {}
+        for n, tasks in self.curve_tasks.items():
+            trajs = self._episodes(distributed.shard(tasks, self.dist), 0.0, self.cfg.seed)
+            sums = torch.tensor([sum(_em(t) for t in trajs), sum(t.reward for t in trajs), len(trajs)])
+            em, reward, count = distributed.all_reduce(sums.double(), self.dist).tolist()
+            out[f"heldout_em_n{n}"] = em / max(count, 1)
+            out[f"heldout_reward_n{n}"] = reward / max(count, 1)
+        out["heldout_s"] = time.perf_counter() - t0
+        return out
 
     @torch.no_grad()
     def score(self, seqs: list[StitchedSequence]) -> list[Scored]:
-        """Old/ref log-probs and values from one masked pass per mini-batch, then rewards and GAE."""
+        """Old/ref log-probs (and values) from one masked pass per mini-batch, then the advantages.
+
+        `seqs` are in group order (task 0 x group_size, task 1 x group_size, ...) for grpo/rloo."""
         cfg = self.cfg
+        temp = cfg.agent.temperature
+        episode_adv = (
+            None
+            if self.critic is not None
+            else group_advantages(
+                [s.reward for s in seqs], cfg.group_size, cfg.advantage, cfg.scale_by_group_std
+            )
+        )
         self.actor.eval()
-        self.critic.eval()
+        if self.critic is not None:
+            self.critic.eval()
         out: list[Scored] = []
         for start in range(0, len(seqs), cfg.minibatch_size):
             chunk = seqs[start : start + cfg.minibatch_size]
             batch = self._collate(chunk).to(self.device)
-            old, _ = actor_logprobs(self.actor, batch, self.backend)
-            ref, _ = actor_logprobs(self.ref, batch, self.backend)
-            values = self.critic(batch, self.backend) * batch.loss_mask
-            for s, o, r, v, m in zip(
-                chunk,
-                batch.gather(old.cpu()),
-                batch.gather(ref.cpu()),
-                batch.gather(values.cpu()),
-                batch.gather(batch.loss_mask.cpu()),
-                strict=True,
+            old, _ = actor_logprobs(self.actor, batch, self.backend, temperature=temp)
+            ref, _ = actor_logprobs(self.ref, batch, self.backend, temperature=temp)
+            values = (
+                self.critic(batch, self.backend) * batch.loss_mask
+                if self.critic is not None
+                else torch.zeros(batch.shape, device=self.device)
+            )
+            for k, (s, o, r, v, m) in enumerate(
+                zip(
+                    chunk,
+                    batch.gather(old.cpu()),
+                    batch.gather(ref.cpu()),
+                    batch.gather(values.cpu()),
+                    batch.gather(batch.loss_mask.cpu()),
+                    strict=True,
+                )
             ):
+                if episode_adv is not None:
+                    out.append(Scored(s, o, r, v, episode_adv[start + k] * m, torch.zeros_like(v), m))
+                    continue
                 rewards = -cfg.kl_coef * (o - r) * m
                 last = s.last_loss_index
                 if last >= 0:
                     rewards[last] += s.reward
                 adv, ret = gae(rewards, v, m, cfg.gamma, cfg.lam)
                 out.append(Scored(s, o, r, v, adv, ret, m))
-        if cfg.whiten_advantages:
+        if cfg.whiten_advantages and self.critic is not None:
             all_adv = torch.cat([x.advantages[x.loss_mask > 0] for x in out]) if out else torch.zeros(0)
             mean, std, n = distributed.global_mean_std(all_adv, self.dist)  # over the global batch
             if n > 1:
@@ -325,9 +406,13 @@ class PPOTrainer:
     def update(self, scored: list[Scored]) -> dict[str, float]:
         cfg = self.cfg
         self.actor.train()
-        self.critic.train()
-        sums: dict[str, float] = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0}
-        sums.update(clipfrac=0.0, approx_kl=0.0, value_clipfrac=0.0)
+        if self.critic is not None:
+            self.critic.train()
+        sums: dict[str, float] = {"policy_loss": 0.0, "entropy": 0.0, "clipfrac": 0.0, "approx_kl": 0.0}
+        if self.critic is not None:
+            sums.update(value_loss=0.0, value_clipfrac=0.0)
+        else:
+            sums.update(kl_loss=0.0)
         n_mb = 0
         tokens = 0
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)
@@ -343,41 +428,53 @@ class PPOTrainer:
             for k in range(n_batches):
                 mb = [scored[i] for i in order[k * size : (k + 1) * size]]
                 if not mb:  # a rank short of episodes still joins the gradient all-reduces
-                    self._step("actor", None)
-                    self._step("critic", None)
+                    for name in ("actor", "critic") if self.critic is not None else ("actor",):
+                        self._step(name, None)
                     continue
                 batch = self._collate([x.seq for x in mb]).to(self.device)
                 mask = batch.loss_mask
                 old = batch.scatter([x.old_logprobs for x in mb]).to(self.device)
                 adv = batch.scatter([x.advantages for x in mb]).to(self.device)
-                ret = batch.scatter([x.returns for x in mb]).to(self.device)
-                old_v = batch.scatter([x.values for x in mb]).to(self.device)
 
-                new, entropy = actor_logprobs(self.actor, batch, self.backend, with_entropy=True)
+                def agg(x: torch.Tensor, batch: Batch = batch, mask: torch.Tensor = mask) -> torch.Tensor:
+                    return aggregate(x, mask, batch.episode_ids, cfg.loss_agg)
+
+                new, entropy = actor_logprobs(
+                    self.actor, batch, self.backend, with_entropy=True, temperature=cfg.agent.temperature
+                )
                 assert entropy is not None
                 log_ratio = (new - old) * mask
                 ratio = log_ratio.exp()
                 pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range))
-                pg_loss = _masked_mean(pg, mask)
-                ent = _masked_mean(entropy, mask)
+                pg_loss = agg(pg)
+                ent = agg(entropy)
                 loss = pg_loss - cfg.entropy_coef * ent
+                if self.critic is None:  # group estimators: the KL to the reference is a loss term
+                    ref = batch.scatter([x.ref_logprobs for x in mb]).to(self.device)
+                    kl_loss = agg(_k3(new, ref) * mask)
+                    loss = loss + cfg.kl_coef * kl_loss
+                    sums["kl_loss"] += float(kl_loss.detach())
                 self._step("actor", loss)
 
-                v = self.critic(batch, self.backend)
-                v_clip = old_v + (v - old_v).clamp(-cfg.value_clip_range, cfg.value_clip_range)
-                vf = 0.5 * torch.max((v - ret) ** 2, (v_clip - ret) ** 2)
-                vf_loss = _masked_mean(vf, mask)
-                self._step("critic", vf_loss)
+                if self.critic is not None:
+                    ret = batch.scatter([x.returns for x in mb]).to(self.device)
+                    old_v = batch.scatter([x.values for x in mb]).to(self.device)
+                    v = self.critic(batch, self.backend)
+                    v_clip = old_v + (v - old_v).clamp(-cfg.value_clip_range, cfg.value_clip_range)
+                    vf = 0.5 * torch.max((v - ret) ** 2, (v_clip - ret) ** 2)
+                    vf_loss = agg(vf)
+                    self._step("critic", vf_loss)
+                    with torch.no_grad():
+                        sums["value_loss"] += float(vf_loss)
+                        vclipped = ((v - old_v).abs() > cfg.value_clip_range).float()
+                        sums["value_clipfrac"] += float(_masked_mean(vclipped, mask))
 
                 with torch.no_grad():
                     sums["policy_loss"] += float(pg_loss)
-                    sums["value_loss"] += float(vf_loss)
                     sums["entropy"] += float(ent)
                     clipped = ((ratio - 1).abs() > cfg.clip_range).float()
                     sums["clipfrac"] += float(_masked_mean(clipped, mask))
                     sums["approx_kl"] += float(_masked_mean((ratio - 1) - log_ratio, mask))
-                    vclipped = ((v - old_v).abs() > cfg.value_clip_range).float()
-                    sums["value_clipfrac"] += float(_masked_mean(vclipped, mask))
                 n_mb += 1
                 tokens += batch.n_tokens
         seconds = time.perf_counter() - t0
@@ -393,11 +490,9 @@ class PPOTrainer:
             engine.backward(loss)
             engine.step()
             return
-        module, opt, sched = (
-            (self.actor, self.opt_actor, self.sched_actor)
-            if which == "actor"
-            else (self.critic, self.opt_critic, self.sched_critic)
-        )
+        module = self.actor if which == "actor" else self.critic
+        assert module is not None, f"no {which} to step"
+        opt, sched = self.opt[which], self.sched[which]
         opt.zero_grad(set_to_none=True)
         if loss is not None:
             loss.backward()
@@ -408,7 +503,7 @@ class PPOTrainer:
 
     def train_step(self) -> dict[str, float]:
         trajs, rollout_s = self.rollout()
-        seqs = [stitch(t) for t in trajs if t.turns]
+        seqs = [stitch(t) for t in trajs]  # every episode has >= 1 turn; group order is kept
         t0 = time.perf_counter()
         scored = self.score(seqs)
         score_s = time.perf_counter() - t0
@@ -422,14 +517,25 @@ class PPOTrainer:
             kl=sum(kl) / max(len(kl), 1),
             format_error_rate=sum(t.format_error is not None for t in trajs) / n,
             turns=sum(len(t.turns) for t in trajs) / n,
-            generated_tokens=gen_tokens / n,
+            generated_tokens=gen_tokens / n,  # the response length: tokens the model wrote per episode
             stitched_tokens=sum(len(s) for s in seqs) / max(len(seqs), 1),
             rollout_s=rollout_s,
             rollout_tokens_per_s=gen_tokens / rollout_s if rollout_s > 0 else 0.0,
             score_s=score_s,
         )
+        if self.cfg.group_size > 1:
+            metrics.update(group_stats([t.reward for t in trajs], self.cfg.group_size))
         metrics.update(domains.summary_extras(self.domain, trajs))
+        if self.curve_tasks and (self.step + 1) % self.cfg.eval_every == 0:
+            metrics.update(self.heldout())
         return distributed.reduce_metrics(metrics, self.dist, SUMMED_METRICS, SLOWEST_METRICS)
+
+    def _record(self, step: int, metrics: dict[str, float], log: LogFn | None) -> dict[str, float]:
+        record = {"step": float(step), **{f"ppo/{k}": float(v) for k, v in metrics.items()}}
+        self.history.append(record)
+        if log and self.dist.is_main:
+            log({k: v for k, v in record.items() if k != "step"}, step)
+        return record
 
     def train(self, log: LogFn | None = None) -> Path:
         from tqdm import tqdm
@@ -440,36 +546,54 @@ class PPOTrainer:
         bar = tqdm(
             total=cfg.steps, initial=min(self.step, cfg.steps), desc="ppo", unit="step", disable=not main
         )
+        if self.step == 0 and self.curve_tasks:  # the curve's first point: the SFT model
+            self._record(0, self.heldout(), log)
         while self.step < cfg.steps:
             t0 = time.perf_counter()
             metrics = self.train_step()
             self.step += 1
             metrics["step_s"] = time.perf_counter() - t0
-            record = {"step": float(self.step), **{f"ppo/{k}": float(v) for k, v in metrics.items()}}
-            self.history.append(record)
+            recent = [h["ppo/reward"] for h in self.history if "ppo/reward" in h][-(REWARD_WINDOW - 1) :]
+            metrics["reward_ma"] = (sum(recent) + metrics["reward"]) / (len(recent) + 1)
+            self._record(self.step, metrics, log)
             bar.update()
-            if log and main:
-                log({k: v for k, v in record.items() if k != "step"}, self.step)
-            elif main:
-                bar.write(
-                    f"ppo step {self.step}: reward {metrics['reward']:.3f} kl {metrics['kl']:.4f} "
-                    f"entropy {metrics['entropy']:.3f} pg {metrics['policy_loss']:.4f} "
-                    f"vf {metrics['value_loss']:.4f} clipfrac {metrics['clipfrac']:.3f}"
-                )
+            if not log and main:
+                bar.write(format_step(self.step, metrics))
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
         bar.close()
         from mem1_core import models
 
         model_dir = self.out_dir / "model"
-        with distributed.gathered([self.actor, self.critic], self.zero3):
+        with distributed.gathered(self._modules(), self.zero3):
             if main:
-                extra = {"ppo_steps": self.step}
+                extra = {"ppo_steps": self.step, "ppo_advantage": cfg.advantage}
                 models.save_model(self.actor.eval(), self.tokenizer, model_dir, self.grammar, extra)
-                self.critic.save(self.out_dir / "critic")
+                if self.critic is not None:
+                    self.critic.save(self.out_dir / "critic")
                 (self.out_dir / "metrics_history.json").write_text(json.dumps(self.history, indent=1) + "\n")
         distributed.barrier(self.dist)
         return model_dir
+
+
+def format_step(step: int, m: dict[str, float]) -> str:
+    """One line per step: what tells whether the policy learns (reward, its trend, how far it moved)."""
+    parts = [
+        f"reward {m['reward']:.3f} (ma {m['reward_ma']:.3f})",
+        f"approx_kl {m['approx_kl']:.2e}",
+        f"clipfrac {m['clipfrac']:.3f}",
+        f"entropy {m['entropy']:.3f}",
+        f"len {m['generated_tokens']:.0f}",
+        f"fmt_err {m['format_error_rate']:.2f}",
+    ]
+    if "group_reward_std" in m:
+        parts.append(f"group_std {m['group_reward_std']:.3f} flat {m['flat_group_share']:.2f}")
+    if "value_loss" in m:
+        parts.append(f"vf {m['value_loss']:.4f}")
+    parts += [
+        f"{k.replace('heldout_', 'heldout ')} {v:.3f}" for k, v in m.items() if k.startswith("heldout_em")
+    ]
+    return f"ppo step {step}: " + " ".join(parts)
 
 
 def _default_device() -> torch.device:

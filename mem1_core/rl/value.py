@@ -31,13 +31,23 @@ def _at_pred(hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 
 def actor_logprobs(
-    lm: nn.Module, batch: Batch, backend: AttentionBackend, with_entropy: bool = False
+    lm: nn.Module,
+    batch: Batch,
+    backend: AttentionBackend,
+    with_entropy: bool = False,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token log-probs [B, L] of batch.input_ids under `lm` (0 off the loss mask), and entropy."""
+    """Per-token log-probs [B, L] of batch.input_ids under `lm` (0 off the loss mask), and entropy.
+
+    With `temperature` T > 0 both come from softmax(logits / T), the distribution HFPolicy samples
+    from, so the PPO ratio compares the policy that acted with the one being trained. T = 0 (greedy
+    rollouts) scores the untempered model, as HFPolicy reports for greedy."""
     hidden = hidden_states(lm.base_model, batch, backend)
     pred_h = _at_pred(hidden, batch)
     sel = batch.loss_mask.to(hidden.device) > 0
     logits = lm.get_output_embeddings()(pred_h[sel]).float()
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)
     targets = batch.input_ids.to(hidden.device)[sel]
     lp = torch.zeros(batch.shape, dtype=torch.float32, device=hidden.device)
