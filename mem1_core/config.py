@@ -209,12 +209,37 @@ class SFTConfig(StrictModel):
 
 
 class PPOConfig(StrictModel):
-    """ppo_train: PPO over MEM1 rollouts, scored through one stitched, masked forward pass."""
+    """ppo_train: PPO over MEM1 rollouts, scored through one stitched, masked forward pass.
+
+    `advantage` picks how an episode's outcome reward becomes per-token advantages (rl/advantages.py):
+    `gae` learns a critic; `grpo` and `rloo` roll out `group_size` samples of each task and compare
+    each to its siblings, with no critic built, stepped or checkpointed.
+    """
 
     agent: AgentConfig = Field(default_factory=AgentConfig)
     steps: int = Field(20, ge=1)
-    prompts_per_step: int = Field(32, ge=1)
-    minibatch_size: int = Field(16, ge=1)
+    prompts_per_step: int = Field(
+        32, ge=1, description="distinct tasks per step (each rolled out group_size times)"
+    )
+    advantage: Literal["gae", "grpo", "rloo"] = Field(
+        "grpo",
+        description="grpo (default): reward minus its group's mean, over the group's std; no critic, and "
+        "the baseline is exact for the task. rloo: leave-one-out mean, no critic. gae: critic + GAE "
+        "(the paper's PPO); its zero-initialised critic gives little signal at small scale",
+    )
+    group_size: int = Field(
+        8,
+        ge=1,
+        description="episodes sampled per task; grpo/rloo need >= 2 (8: enough for a useful baseline "
+        "at EM-level rewards without making a step too slow on CPU)",
+    )
+    scale_by_group_std: bool = Field(True, description="grpo: divide by the group's reward std")
+    loss_agg: Literal["token_mean", "sequence_mean"] = Field(
+        "token_mean",
+        description="token_mean: every generated token weighs the same (long episodes weigh more); "
+        "sequence_mean: each episode's tokens are averaged first, so every episode weighs the same",
+    )
+    minibatch_size: int = Field(16, ge=1, description="episodes per optimizer step (all ranks together)")
     ppo_epochs: int = Field(1, ge=1)
     actor_lr: float = Field(1e-5, gt=0)
     critic_lr: float = Field(1e-4, gt=0)
@@ -228,8 +253,34 @@ class PPOConfig(StrictModel):
     max_grad_norm: float = Field(1.0, gt=0)
     attention: Literal["auto", "dense", "flex"] = Field("auto", description="auto: flex on GPU, dense on CPU")
     checkpoint_every: int = Field(5, ge=1)
+    eval_every: int = Field(
+        0, ge=0, description="held-out EM every N steps (and before step 1) for the learning curve; 0 = off"
+    )
+    eval_tasks: int = Field(32, ge=1, description="held-out tasks per objective count for the learning curve")
+    eval_objectives: list[int] = Field(
+        default_factory=lambda: [2], description="counts for the learning curve"
+    )
     deepspeed_config: str | None = None
     seed: int = 0
+
+    @field_validator("eval_objectives")
+    @classmethod
+    def _eval_objectives_in_range(cls, value: list[int]) -> list[int]:
+        return check_objectives(value)
+
+    @model_validator(mode="after")
+    def _groups_need_samples(self) -> PPOConfig:
+        if self.advantage != "gae" and self.group_size < 2:
+            raise ValueError(
+                f"advantage {self.advantage!r} needs group_size >= 2 (its baseline is the other samples "
+                f"of the same task), got {self.group_size}"
+            )
+        if self.advantage != "gae" and self.agent.temperature == 0:
+            raise ValueError(
+                f"advantage {self.advantage!r} needs agent.temperature > 0: greedy samples of one task "
+                "are identical, so every group would carry no signal"
+            )
+        return self
 
 
 class EvalConfig(StrictModel):
