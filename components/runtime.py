@@ -329,6 +329,10 @@ def train_step(
     The trained model is copied into the component's output path `out_model` (its work dir is next
     to it). Returns the MLflow run id and the last value of every metric, for the KFP Metrics output.
     """
+    # heavy (torch, matplotlib): loaded only inside a training pod, not where the pipeline is compiled
+    from mem1_core.eval.plots import learning_curve
+    from mem1_core.rl.ppo import HISTORY_FILE
+
     work = Path(out_model).parent / f"{kind}-work"
     with nested_run(tracking_uri, parent_run_id, step, json.loads(section)) as run:
         last: dict[str, float] = {}
@@ -338,6 +342,10 @@ def train_step(
             run.log(values, step_index)
 
         out = train(kind, section, data_dir, work, model_dir, log, num_nodes, gpus_per_node, launcher)
+        history = out / HISTORY_FILE
+        if history.is_file():  # PPO: its learning curve beside the step's metrics
+            rows = json.loads(history.read_text(encoding="utf-8"))
+            run.log_artifact(learning_curve(rows, work / "learning_curve.png"))
         copy_dir(out, out_model)
         return run.run_id, last
 

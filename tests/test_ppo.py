@@ -162,6 +162,16 @@ def test_learning_curve_points_before_and_during_training(
     rows = json.loads((tmp_path / "metrics_history.json").read_text())
     assert rows[0]["step"] == 0 and "ppo/heldout_em_n1" in rows[0]
     assert all("ppo/reward_ma" in r and "ppo/group_reward_std" in r for r in rows[1:])
+    # The model carries its curve; evaluation draws it into its report.
+    assert json.loads((tmp_path / "model" / ppo.HISTORY_FILE).read_text()) == rows
+    from mem1_core.config import EvalConfig
+    from mem1_core.eval import evaluate
+
+    cfg = EvalConfig(objectives=[1], modes=["mem1"], n_tasks_per_objective=1, agent={"max_new_tokens": 8})
+    result = evaluate.run(cfg, data_dir, tmp_path / "model", tmp_path / "eval")
+    png = tmp_path / "eval" / "learning_curve.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert 'alt="learning_curve"' in result.files["report"].read_text()
 
 
 def test_cli_ppo_runs_and_prints_metrics(data_dir: Path, model_dir: Path, tmp_path: Path, capsys) -> None:

@@ -8,7 +8,10 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Example: mem1 ppo --config configs/local-tiny.yaml --data-dir runs/data --model runs/sft/model "
-        "--out runs/ppo   (re-running with the same --out resumes from the latest checkpoint)"
+        "--out runs/ppo   (re-running with the same --out resumes from the latest checkpoint). "
+        "Each step prints its sampled reward and moving average, approx_kl and clipfrac (how far the "
+        "update moved the policy), group reward std and the share of groups with no signal; set "
+        "ppo.eval_every=N for greedy held-out EM every N steps, drawn in OUT/learning_curve.png"
     )
     parser.add_argument("--config", default="configs/local-tiny.yaml", help="pipeline config YAML (ppo:)")
     parser.add_argument("--data-dir", required=True, help="output of `mem1 compose`")
@@ -22,13 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
     from pathlib import Path
 
     from mem1_core.commands.overrides import config_from_args
     from mem1_core.commands.sft import print_metrics
+    from mem1_core.eval.plots import learning_curve
     from mem1_core.rl import ppo
 
     cfg = config_from_args(args).ppo
     model_dir = ppo.run(cfg, Path(args.data_dir), Path(args.model), Path(args.out), log=print_metrics)
+    history = json.loads((model_dir / ppo.HISTORY_FILE).read_text(encoding="utf-8"))
     print(f"ppo model: {model_dir}")
+    print(f"learning curve: {learning_curve(history, Path(args.out) / 'learning_curve.png')}")
     return 0

@@ -130,7 +130,8 @@ def run(
     from mem1_core.data import compose
     from mem1_core.envs import domains
     from mem1_core.eval.metrics import annotate, summarize
-    from mem1_core.eval.plots import grid_plots
+    from mem1_core.eval.plots import grid_plots, learning_curve
+    from mem1_core.rl.ppo import HISTORY_FILE
 
     started = time.monotonic()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -173,6 +174,11 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     plots = grid_plots(rows, out_dir)
+    history = Path(model_dir) / HISTORY_FILE  # an RL-trained model carries its learning curve
+    if history.is_file():
+        plots.append(
+            learning_curve(json.loads(history.read_text(encoding="utf-8")), out_dir / "learning_curve.png")
+        )
     files.update({p.stem: p for p in plots})
     table = format_table(rows)
     files["table"] = out_dir / "table.md"

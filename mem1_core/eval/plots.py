@@ -97,6 +97,49 @@ def line_plot(
     return out
 
 
+def learning_curve(history: Sequence[dict[str, float]], out: Path) -> Path:
+    """PPO's learning curve: sampled training reward (and its moving average) and greedy held-out EM
+    against the step, on one 0..1 axis, from rl.ppo's per-step history."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    train = [r for r in history if "ppo/reward" in r]
+    if train:
+        steps = [r["step"] for r in train]
+        ax.plot(
+            steps,
+            [r["ppo/reward"] for r in train],
+            alpha=0.35,
+            linewidth=1,
+            label="training reward (sampled)",
+        )
+        if all("ppo/reward_ma" in r for r in train):
+            ax.plot(
+                steps, [r["ppo/reward_ma"] for r in train], linewidth=2, label="training reward, moving avg"
+            )
+    keys = sorted(
+        {k for r in history for k in r if k.startswith("ppo/heldout_em_n")}, key=lambda k: int(k[16:])
+    )
+    for i, key in enumerate(keys):
+        pts = [(r["step"], r[key]) for r in history if key in r]
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            marker=MARKERS[i % len(MARKERS)],
+            linestyle=STYLES[(i + 1) % len(STYLES)],
+            linewidth=2,
+            label=f"held-out EM, {key[16:]} objectives (greedy)",
+        )
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("reward / exact match (0..1)")
+    ax.set_title("Learning curve")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out
+
+
 def grid_plots(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Write the grid's plots (SHOP_PLOTS when the rows are shop rows, else PLOTS); returns the paths."""
     if not rows:

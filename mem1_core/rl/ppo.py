@@ -64,6 +64,7 @@ RANK_SEED_STRIDE = 1_000_000  # rank r samples with seed + r * stride (rank 0 = 
 SUMMED_METRICS = ("update_tokens_per_s", "rollout_tokens_per_s")  # throughput of the whole job
 SLOWEST_METRICS = ("rollout_s", "score_s", "heldout_s")  # the step waits for the slowest rank
 REWARD_WINDOW = 10  # steps in the reward moving average
+HISTORY_FILE = "ppo_history.json"  # the per-step metrics, also inside the model dir (the learning curve)
 
 
 @dataclass
@@ -571,7 +572,10 @@ class PPOTrainer:
                 models.save_model(self.actor.eval(), self.tokenizer, model_dir, self.grammar, extra)
                 if self.critic is not None:
                     self.critic.save(self.out_dir / "critic")
-                (self.out_dir / "metrics_history.json").write_text(json.dumps(self.history, indent=1) + "\n")
+                history = json.dumps(self.history, indent=1) + "\n"
+                (self.out_dir / "metrics_history.json").write_text(history)
+                # In the model dir too: the model artifact carries its own learning curve to evaluation.
+                (model_dir / HISTORY_FILE).write_text(history)
         distributed.barrier(self.dist)
         return model_dir
 
