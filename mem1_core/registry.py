@@ -26,11 +26,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow.artifacts
 import mlflow.pyfunc
 
 from mem1_core.agent.tags import DEFAULT_GRAMMAR, TagGrammar, qa_prompt
 from mem1_core.config import AgentConfig, RegisterConfig, parse_mode
-from mem1_core.tracking import RunHandle, Tracker, git_commit
+from mem1_core.tracking import (
+    READ_RETRY,
+    RunHandle,
+    Tracker,
+    bound_http_for_reads,
+    git_commit,
+    resolve_tracking_uri,
+    sqlite_path,
+)
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
@@ -186,6 +195,10 @@ class Mem1AgentModel(mlflow.pyfunc.PythonModel):
     `mode` (mem1 | full | truncate:K), `max_turns`, `max_new_tokens`.
     """
 
+    # predict has no type hints on purpose (the signature is explicit); without this MLflow warns
+    # so at class creation, and that warning was the first line every `mem1 agent` printed.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         from mem1_core.models import load_model
 
@@ -249,9 +262,92 @@ class Mem1AgentModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(rows)
 
 
-def load_registered(model_uri: str) -> Mem1AgentModel:
+def _not_found(e: BaseException) -> bool:
+    text = str(e)
+    return "RESOURCE_DOES_NOT_EXIST" in text or "not found" in text.lower() or "does not exist" in text
+
+
+def resolve_model_uri(model_uri: str, tracker: Tracker) -> str:
+    """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> `models:/NAME/VERSION`, checked against the store.
+
+    An unknown name, alias or version is a RegistryError saying what the store does have; a store
+    that cannot be reached is a TrackingError naming its URI (after the tracker's bounded retries).
+    """
+    uri = tracker.tracking_uri
+    ref = model_uri[len("models:/") :]
+    name, sep, alias = ref.partition("@")
+    version = ""
+    if not sep:
+        name, _, version = ref.partition("/")
+    if not name or (sep and not alias) or (not sep and not version.isdigit()):
+        raise RegistryError(f"{model_uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    client = tracker.client
+
+    def lookup() -> str:
+        try:
+            mv = (
+                client.get_model_version_by_alias(name, alias)
+                if sep
+                else client.get_model_version(name, version)
+            )
+            return str(mv.version)
+        except Exception as e:
+            if not _not_found(e):
+                raise
+        try:
+            model = client.get_registered_model(name)
+        except Exception as e:
+            if not _not_found(e):
+                raise
+            names = ", ".join(sorted(m.name for m in client.search_registered_models(max_results=50)))
+            raise RegistryError(
+                f"{model_uri}: no registered model {name!r} at {uri} (registered: {names or 'none'})"
+            ) from None
+        if sep:
+            have = ", ".join(sorted(model.aliases or {})) or "none"
+            raise RegistryError(
+                f"{model_uri}: model {name!r} has no alias {alias!r} at {uri} (aliases: {have})"
+            )
+        latest = max((int(v.version) for v in client.search_model_versions(f"name = '{name}'")), default=0)
+        raise RegistryError(
+            f"{model_uri}: model {name!r} has no version {version} at {uri} (latest: {latest})"
+        )
+
+    return f"models:/{name}/{tracker.call(lookup, f'looking up {model_uri}')}"
+
+
+def load_registered(model_uri: str, tracking_uri: str | None = None) -> Mem1AgentModel:
     """The registered agent behind `models:/name@alias` (or runs:/, a local pyfunc dir), unwrapped so a
-    caller can swap the retrieval backend (e.g. `mem1 agent --corpus`)."""
+    caller can swap the retrieval backend (e.g. `mem1 agent --corpus`).
+
+    Registry and runs URIs are read from `tracking_uri` (default: MLFLOW_TRACKING_URI, else the
+    embedded default store) for both tracking and registry, with bounded retries on HTTP."""
+    if model_uri.startswith(("models:/", "runs:/")):
+        uri = tracking_uri or resolve_tracking_uri()
+        db = sqlite_path(uri)
+        if db is not None and not db.is_file():  # checked first: opening it would create an empty store
+            raise RegistryError(
+                f"{model_uri}: no MLflow store at {uri} (run `make demo` first, or set MLFLOW_TRACKING_URI)"
+            )
+        bound_http_for_reads()
+        tracker = Tracker(uri, retry=READ_RETRY)
+        source = model_uri
+        if model_uri.startswith("models:/"):
+            # MLflow resolves models:/ against its global registry URI whatever it is passed; resolve
+            # the version's artifact location here, against this store, and download that instead.
+            name, version = resolve_model_uri(model_uri, tracker)[len("models:/") :].rsplit("/", 1)
+            source = tracker.call(
+                lambda: tracker.client.get_model_version_download_uri(name, version),
+                f"locating {model_uri}",
+            )
+        dst = tempfile.mkdtemp(prefix="mem1-agent-")  # kept: the bundled corpus is read lazily from it
+        model_uri = tracker.call(
+            lambda: mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=dst, tracking_uri=tracker.tracking_uri,
+                registry_uri=tracker.tracking_uri,
+            ),
+            f"downloading {source}",
+        )  # fmt: skip
     loaded = mlflow.pyfunc.load_model(model_uri)
     inner = loaded.unwrap_python_model()
     if not isinstance(inner, Mem1AgentModel):
@@ -375,6 +471,36 @@ def signature_and_example() -> tuple[Any, Any]:
     return ModelSignature(inputs=inputs, outputs=outputs, params=params), example
 
 
+# What the bundled mem1_core code imports when the agent is loaded and answers (registry, config,
+# tracking, models, agent, envs, data): the consumer's requirements. The code itself travels inside
+# the model (`code_paths`), so no project install (and no mem1-pipelines wheel, which no index has)
+# is needed. tests/test_self_contained_agent.py checks every third-party module a load + predict
+# imports comes from these distributions or their dependencies.
+RUNTIME_DISTRIBUTIONS = (
+    "mlflow",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "pandas",
+    "pyarrow",
+    "numpy",
+    "pydantic",
+    "PyYAML",
+    "bm25s",
+    "requests",
+    "tqdm",
+)
+
+
+def runtime_requirements() -> list[str]:
+    """RUNTIME_DISTRIBUTIONS pinned to the versions installed here; a local label (torch's +cpu) is
+    dropped, so a CUDA build of the same version satisfies the pin too."""
+    from importlib.metadata import version
+
+    return [f"{dist}=={version(dist).split('+')[0]}" for dist in RUNTIME_DISTRIBUTIONS]
+
+
 def build_pyfunc(
     model_dir: Path,
     out_dir: Path,
@@ -400,7 +526,6 @@ def build_pyfunc(
     if catalog is not None:
         artifacts["catalog"] = str(catalog)
     signature, example = signature_and_example()
-    version = getattr(mem1_core, "__version__", None)
     mlflow.pyfunc.save_model(
         path=str(out_dir),
         python_model=Mem1AgentModel(),
@@ -412,8 +537,9 @@ def build_pyfunc(
         },
         signature=signature,
         input_example=example,
-        pip_requirements=[f"mem1-pipelines=={version}" if version else "mem1-pipelines"],
-        metadata=metadata,
+        code_paths=[str(Path(mem1_core.__file__).parent)],
+        pip_requirements=runtime_requirements(),
+        metadata={**metadata, "mem1_core_version": str(mem1_core.__version__)},
     )
     return out_dir
 
@@ -437,11 +563,7 @@ def _alias_version(tracker: Tracker, name: str, alias: str) -> Any | None:
         try:
             return tracker.client.get_model_version_by_alias(name, alias)
         except Exception as e:
-            if (
-                "RESOURCE_DOES_NOT_EXIST" in str(e)
-                or "not found" in str(e).lower()
-                or "does not exist" in str(e)
-            ):
+            if _not_found(e):
                 return None
             raise
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from mem1_core.config import TrackingConfig
+from mem1_core.config import PipelineConfig, TrackingConfig
 
 T = TypeVar("T")
 
@@ -108,15 +108,43 @@ def _short(e: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def resolve_tracking_uri(run_dir: str | Path, configured: str | None = None) -> str:
+DEFAULT_RUN_DIR: str = PipelineConfig.model_fields["run_dir"].default  # "runs", as configs default it
+DEFAULT_DB = "mlflow.db"
+
+# Bounded HTTP for commands that only read (`mem1 agent`): a dead server is reported within ~30 s,
+# not after MLflow's default 7 retries x 120 s timeout. Set only where the user has not.
+READ_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "8"}
+READ_RETRY = RetryPolicy(attempts=3, initial_delay=0.5, max_delay=2.0)
+
+
+def default_tracking_uri(run_dir: str | Path = DEFAULT_RUN_DIR) -> str:
+    """The embedded default store: SQLite at <run_dir>/mlflow.db (runs/mlflow.db from the repo root).
+
+    Tracking and registry share it. `make demo` writes here and, with MLFLOW_TRACKING_URI unset, every
+    command reads here: the one definition of the default.
+    """
+    return f"sqlite:///{Path(run_dir).resolve() / DEFAULT_DB}"
+
+
+def resolve_tracking_uri(run_dir: str | Path = DEFAULT_RUN_DIR, configured: str | None = None) -> str:
     """MLFLOW_TRACKING_URI, else the configured URI, else SQLite under the run dir (the embedded default)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
     if configured:
         return configured
-    db = Path(run_dir).resolve() / "mlflow.db"
-    return f"sqlite:///{db}"
+    return default_tracking_uri(run_dir)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI, else None."""
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def bound_http_for_reads() -> None:
+    """Apply READ_HTTP_DEFAULTS to the process environment where the user set nothing."""
+    for key, value in READ_HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 def is_local_uri(uri: str) -> bool:

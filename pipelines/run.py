@@ -11,6 +11,7 @@ from typing import Any
 
 from components.images import Images
 from mem1_core.config import PipelineConfig, load_config
+from mem1_core.tracking import resolve_tracking_uri
 from pipelines.mem1_pipeline import PIPELINE_NAME, ClusterOptions, build_pipeline
 
 
@@ -76,7 +77,7 @@ def run_local(
 
     run_dir = Path(run_dir or config.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    uri = config.tracking.tracking_uri or f"sqlite:///{run_dir / 'mlflow.db'}"
+    uri = resolve_tracking_uri(run_dir, config.tracking.tracking_uri)
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(run_dir / "kfp"),

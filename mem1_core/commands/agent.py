@@ -18,7 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         '--question "Where was Y born?"'
     )
     parser.add_argument(
-        "--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model dir"
+        "--model",
+        required=True,
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model dir; registered models are read from "
+        "MLFLOW_TRACKING_URI, else --config's tracking, else sqlite:///runs/mlflow.db (where `make demo` "
+        "registers)",
     )
     parser.add_argument("--question", action="append", required=True, help="repeat for several objectives")
     parser.add_argument("--corpus", default=None, help="corpus.jsonl {id,title,contents} for BM25")
@@ -27,12 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default=None, help="mem1 | full | truncate:K (default: as registered)")
     parser.add_argument("--max-turns", type=int, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=None)
-    parser.add_argument("--config", default=None, help="pipeline config (eval.agent) for a local model dir")
+    parser.add_argument(
+        "--config", default=None, help="pipeline config: eval.agent for a local model dir; run_dir/tracking"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import sys
     from pathlib import Path
     from typing import Any
 
@@ -59,7 +66,18 @@ def run(args: argparse.Namespace) -> int:
 
     domain, catalog = "qa", None
     if args.model.startswith(("models:/", "runs:/")):
-        agent_model = registry.load_registered(args.model)
+        from mem1_core.tracking import TrackingError, resolve_tracking_uri
+
+        cfg = load_config(args.config) if args.config else PipelineConfig()
+        uri = resolve_tracking_uri(cfg.run_dir, cfg.tracking.tracking_uri)
+        try:
+            agent_model = registry.load_registered(args.model, uri)
+        except registry.RegistryError as e:  # unknown name, alias or version; no store yet
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except TrackingError as e:  # the store is unreachable (bounded retries, ~30 s at most)
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         model, tokenizer, grammar = agent_model.model, agent_model.tokenizer, agent_model.grammar
         agent: AgentConfig = agent_model.agent_cfg
         domain = agent_model.domain
