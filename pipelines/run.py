@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from components.images import Images
 from mem1_core.config import PipelineConfig, load_config
-from mem1_core.tracking import resolve_tracking_uri
+from mem1_core.tracking import default_tracking_uri, resolve_tracking_uri
+from pipelines.local_output import StepLog, Summary, display_dir
 from pipelines.mem1_pipeline import PIPELINE_NAME, ClusterOptions, build_pipeline
 
 
@@ -67,17 +70,29 @@ class LocalResult:
     eval_dir: Path | None
     table: str
     registered: str
+    summary: Summary
 
 
 def run_local(
-    config: PipelineConfig, run_dir: str | Path | None = None, caching: bool = False
+    config: PipelineConfig,
+    run_dir: str | Path | None = None,
+    caching: bool = False,
+    console: TextIO | None = None,
 ) -> LocalResult:
-    """The whole pipeline on this machine: kfp.local's SubprocessRunner in this Python, MLflow on SQLite."""
+    """The whole pipeline on this machine: kfp.local's SubprocessRunner in this Python, MLflow on SQLite.
+
+    `console` (default stdout) gets one line per step; everything kfp.local and the steps print goes
+    to <run_dir>/logs/pipeline-<time>.log. A failed step raises RuntimeError naming that log.
+    """
     from kfp import local
 
+    console = console or sys.stdout
     run_dir = Path(run_dir or config.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     uri = resolve_tracking_uri(run_dir, config.tracking.tracking_uri)
+    log_path = run_dir / "logs" / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(run_dir / "kfp"),
@@ -88,22 +103,29 @@ def run_local(
     # kfp.local ignores resources; retries would only replay a deterministic local failure
     local_cluster = ClusterOptions(request_accelerators=False, retries=0)
     pipeline = build_pipeline(Images(base="python-local", trainer="python-local"), local_cluster, config)
-    task = pipeline(
-        config_json=json.dumps(config.model_dump(mode="json")),
-        overrides={},
-        base_model="",
-        sources_json="",
-        train_objectives=[],
-        eval_objectives=[],
-        em_floor=-1.0,
-        domain="",
-        mlflow_uri=uri,
-        experiment=config.tracking.experiment,
-        num_nodes=1,
-        gpus_per_node=1,
-        accelerator_type="nvidia.com/gpu",
-        training_launcher="trainjob",
-    )
+    print(f"running the pipeline locally; full log: {log_path}", file=console, flush=True)
+    with log_path.open("w", encoding="utf-8") as log:
+        steps = StepLog(log, console, run_dir / "kfp")
+        try:
+            with redirect_stdout(steps), redirect_stderr(steps):
+                task = pipeline(
+                    config_json=json.dumps(config.model_dump(mode="json")),
+                    overrides={},
+                    base_model="",
+                    sources_json="",
+                    train_objectives=[],
+                    eval_objectives=[],
+                    em_floor=-1.0,
+                    domain="",
+                    mlflow_uri=uri,
+                    experiment=config.tracking.experiment,
+                    num_nodes=1,
+                    gpus_per_node=1,
+                    accelerator_type="nvidia.com/gpu",
+                    training_launcher="trainjob",
+                )
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}; full log: {log_path}") from e
     outputs = dict(task.outputs) if task.outputs else {}
     eval_dir = _latest(run_dir / "kfp", "results")
     table = (
@@ -111,7 +133,27 @@ def run_local(
         if eval_dir and (eval_dir / "table.md").exists()
         else ""
     )
-    return LocalResult(run_dir, uri, outputs, eval_dir, table, _registered(uri, config.registry.model_name))
+    name = config.registry.model_name
+    registered, aliases = _registered(uri, name)
+    grid: list[dict[str, Any]] = []
+    if eval_dir is not None and (eval_dir / "metrics.json").is_file():
+        grid = list(json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8")).get("grid") or [])
+    summary = Summary(
+        ok=True,
+        seconds=time.monotonic() - started,
+        log_path=log_path,
+        tracking_uri=uri,
+        default_uri=default_tracking_uri(),
+        bin_dir=display_dir(Path(sys.executable).parent, Path.cwd()),
+        grid=grid,
+        eval_dir=eval_dir,
+        registered=registered,
+        model_ref=f"models:/{name}@{'champion' if 'champion' in aliases else 'candidate'}"
+        if registered
+        else "",
+        questions=_sample_questions(run_dir / "kfp", config.registry.gate_objectives),
+    )
+    return LocalResult(run_dir, uri, outputs, eval_dir, table, registered, summary)
 
 
 def _latest(root: Path, name: str) -> Path | None:
@@ -119,18 +161,31 @@ def _latest(root: Path, name: str) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def _registered(tracking_uri: str, model_name: str) -> str:
-    """The newest registered version of the model and its aliases, as 'models:/name/3 (candidate)'."""
+def _sample_questions(kfp_root: Path, objectives: int) -> list[str]:
+    """The questions of one held-out task with `objectives` objectives (else the first), for the
+    summary's `mem1 agent` example."""
+    from mem1_core.data.compose import load_tasks
+
+    data_dir = _latest(kfp_root, "dataset")
+    if data_dir is None or not (data_dir / "eval.parquet").is_file():
+        return []
+    tasks = load_tasks(data_dir, "eval")
+    task = next((t for t in tasks if len(t.objectives) == objectives), tasks[0] if tasks else None)
+    return [o.question for o in task.objectives] if task else []
+
+
+def _registered(tracking_uri: str, model_name: str) -> tuple[str, list[str]]:
+    """The newest registered version of the model and its aliases: ('models:/name/3 (candidate)', [...])."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     versions = client.search_model_versions(f"name='{model_name}'")
     if not versions:
-        return ""
+        return "", []
     newest = max(int(mv.version) for mv in versions)
     v = client.get_model_version(model_name, str(newest))  # search results carry no aliases
-    aliases = ", ".join(v.aliases or []) or "no alias"
-    return f"models:/{model_name}/{v.version} ({aliases})"
+    aliases = list(v.aliases or [])
+    return f"models:/{model_name}/{v.version} ({', '.join(aliases) or 'no alias'})", aliases
 
 
 def load(config_path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:

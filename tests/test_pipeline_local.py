@@ -31,7 +31,19 @@ def test_whole_pipeline_locally(
 
     uri = f"sqlite:///{run_dir.resolve() / 'mlflow.db'}"
     assert f"mlflow ui --backend-store-uri {uri}" in out
-    assert "plots and metrics:" in out and "registered: models:/mem1-agent-e2e/1 (candidate" in out
+    assert "report:" in out and "registered: models:/mem1-agent-e2e/1 (candidate" in out
+    # a person reads stdout: one line per step and the summary; kfp.local's output is in the log
+    lines = out.splitlines()
+    assert len(lines) <= 40, out
+    steps = [x.split()[1] for x in lines if x.startswith("  ok ")]
+    assert steps[:5] == ["prepare-run", "compose-dataset", "sft-warmup", "ppo-train", "evaluate"], out
+    assert "register-model" in steps and "finish-run" in steps
+    assert "executor_output" not in out and "Executing task" not in out
+    logs = list((run_dir / "logs").glob("pipeline-*.log"))
+    assert len(logs) == 1 and f"full log: {logs[0]}" in out
+    assert "Executing task" in logs[0].read_text() and "Wrote executor output" in logs[0].read_text()
+    command = next(x for x in lines if " agent --model models:/mem1-agent-e2e@candidate" in x)
+    assert f"MLFLOW_TRACKING_URI={uri} " in command, "not the default store: the command must say where"
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.get_experiment_by_name("mem1-e2e")

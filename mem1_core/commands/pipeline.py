@@ -141,19 +141,14 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _local(args: argparse.Namespace) -> int:
     from mem1_core.config import load_config
+    from pipelines.local_output import summary_lines
     from pipelines.run import run_local
 
     config = load_config(args.config, parse_assignments(args.set, "--set"))
     try:
         result = run_local(config, args.run_dir, caching=args.cache)
-    except RuntimeError as e:  # kfp.local: a task failed; its log is above
+    except RuntimeError as e:  # kfp.local: a task failed; the message names the log
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print("\n== evaluation (EM / F1 / peak tokens per objectives x mode) ==")
-    print(result.table or "(no evaluation table found)")
-    if result.eval_dir is not None:
-        print(f"plots and metrics: {result.eval_dir}")
-    print(f"registered: {result.registered or '(see MLflow)'}")
-    db = result.tracking_uri
-    print(f"MLflow UI: mlflow ui --backend-store-uri {db}")
+    print("\n".join(summary_lines(result.summary)))
     return 0
