@@ -12,7 +12,7 @@ PLATFORMS ?= linux/amd64
 # retrieval builds FROM the base image just built; GIT_COMMIT labels every image (no .git inside)
 IMAGE_ARGS = --build-arg BASE_IMAGE=$(REGISTRY)/mem1-base:$(TAG) --build-arg GIT_COMMIT=$(TAG)
 
-.PHONY: help setup test lint format demo bench compile build-images push-images clean
+.PHONY: help setup postgres test lint format demo bench compile build-images push-images clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -29,6 +29,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv with pinned dependencies (torch first)
+
+postgres:  ## install Debian's postgresql where absent (a test runs MLflow on a real PostgreSQL cluster)
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
+	  echo "postgresql: present"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; \
+	else \
+	  echo "postgresql: absent, and installing it needs root and apt-get; tests/test_postgres_backend.py will skip"; \
+	fi
 
 lint: setup  ## ruff lint + format check
 	$(VENV)/bin/ruff check .

@@ -1,4 +1,5 @@
-"""A real `mlflow server` on 127.0.0.1 for tests: SQLite backend, local proxied artifacts, free port.
+"""A real `mlflow server` on 127.0.0.1 for tests: SQLite (or a given) backend, local proxied artifacts,
+free port.
 
 Import the fixture into a test module with `from mlflow_server import mlflow_server  # noqa: F401`.
 """
@@ -28,8 +29,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the server and wait on /health; raise with its log if it never comes up."""
+def start_server(root: Path, backend_store_uri: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the server (SQLite under `root` unless `backend_store_uri` says otherwise) and wait on
+    /health; raise with its log if it never comes up."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     artifacts = root / "artifacts"
@@ -46,7 +48,7 @@ def start_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
         "--workers",
         "1",
         "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
+        backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
         "--artifacts-destination",
         str(artifacts),
         "--default-artifact-root",
