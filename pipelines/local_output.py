@@ -84,7 +84,6 @@ class StepLog(io.TextIOBase):
         self.tty = console.isatty()
         self._partial = ""
         self._started: dict[str, float] = {}
-        self.steps: list[tuple[str, float, str]] = []
 
     def writable(self) -> bool:
         return True
@@ -110,7 +109,6 @@ class StepLog(io.TextIOBase):
         elif m := _END.search(line):
             task, status = m.group(1), m.group(2)
             seconds = time.monotonic() - self._started.get(task, time.monotonic())
-            self.steps.append((task, seconds, status))
             line_out = step_line(task, seconds, status, key_metric(task, self._executor_output(task)))
             self.console.write(("\r\x1b[K" if self.tty else "") + line_out + "\n")
             self.console.flush()

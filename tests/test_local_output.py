@@ -96,3 +96,18 @@ def test_key_metrics() -> None:
     ev_out = {"artifacts": {"metrics": {"artifacts": [{"metadata": ev}]}}}
     assert key_metric("evaluate", ev_out) == "EM@1 0.500  EM@2 0.250 (mem1)"
     assert key_metric("finish-run", {}) == "" and key_metric("evaluate", {}) == ""
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_running_step_is_one_line_its_result_overwrites(tmp_path: Path) -> None:
+    console = _Terminal()
+    steps = StepLog(io.StringIO(), console, tmp_path)
+    steps.write("INFO - Executing task 'evaluate'\n" + "progress\n" * 50)
+    assert console.getvalue().count("\n") == 0 and "evaluate" in console.getvalue()
+    steps.write("INFO - Task 'evaluate' finished with status FAILURE\n")
+    assert console.getvalue().count("\n") == 1
+    assert console.getvalue().split("\r\x1b[K")[1].split()[:2] == ["FAILURE", "evaluate"]
