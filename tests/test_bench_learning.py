@@ -64,6 +64,7 @@ def test_bench_fails_and_still_writes_its_table_when_sft_is_not_above_untrained(
         "sft.pretrain": {"steps": 2, "seq_len": 32, "batch_size": 2, "warmup_steps": 0},
         "ppo.steps": 1,
         "ppo.prompts_per_step": 2,
+        "ppo.group_size": 2,
         "ppo.minibatch_size": 2,
         "ppo.checkpoint_every": 1,
         "eval.agent.max_new_tokens": 24,

@@ -126,6 +126,7 @@ def small_ppo(**over: object) -> PPOConfig:
     base = {
         "steps": 1,
         "prompts_per_step": 4,
+        "group_size": 2,
         "minibatch_size": 2,
         "checkpoint_every": 1,
         "actor_lr": 1e-2,
@@ -158,26 +159,27 @@ def _launch(source: str, args: list[str], tmp: Path) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("advantage", ["gae", "grpo"])
 def test_torchrun_two_ranks_stay_in_sync_rank0_writes_and_resume(
-    data_dir: Path, model_dir: Path, tmp_path: Path
+    data_dir: Path, model_dir: Path, tmp_path: Path, advantage: str
 ) -> None:
     from mem1_core.rl import checkpoint
 
     out = tmp_path / "ppo"
     initial = {k: v.clone() for k, v in _load_actor(model_dir).items()}
 
-    # Step 1 from scratch.
-    first = torchrun(small_ppo(steps=1), data_dir, model_dir, out, tmp_path)
+    # Step 1 from scratch (grpo: each rank rolls out whole groups of its tasks).
+    first = torchrun(small_ppo(steps=1, advantage=advantage), data_dir, model_dir, out, tmp_path)
     assert [r["world_size"] for r in first] == [2, 2] and {r["backend"] for r in first} == {"gloo"}
     assert first[0]["actor_sha256"] == first[1]["actor_sha256"], "ranks diverged: gradients not averaged"
     assert [r["resumed_at"] for r in first] == [None, None]
-    # checkpoint step_1 (actor and critic inside it), then the final model and critic
-    saves = ["models.save_model", "Critic.save"]
+    # checkpoint step_1 (actor, and the critic with gae), then the final model (and critic)
+    saves = ["models.save_model", "Critic.save"] if advantage == "gae" else ["models.save_model"]
     assert first[0]["writes"] == ["checkpoint.save", *saves, *saves]
     assert first[1]["writes"] == [], "rank 1 must not write checkpoints or models"
 
     # Step 2 resumes from step_1 on both ranks and continues in lockstep.
-    second = torchrun(small_ppo(steps=2), data_dir, model_dir, out, tmp_path)
+    second = torchrun(small_ppo(steps=2, advantage=advantage), data_dir, model_dir, out, tmp_path)
     assert [r["resumed_at"] for r in second] == [1, 1]
     assert second[0]["actor_sha256"] == second[1]["actor_sha256"]
     assert second[0]["actor_sha256"] != first[0]["actor_sha256"], "step 2 did not change the actor"

@@ -45,7 +45,8 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _ppo_cmd(assets: dict[str, Path], out: Path, steps: int) -> list[str]:
     sets = {
-        "ppo.steps": steps, "ppo.checkpoint_every": 1, "ppo.prompts_per_step": 2, "ppo.minibatch_size": 2,
+        "ppo.steps": steps, "ppo.checkpoint_every": 1, "ppo.prompts_per_step": 2, "ppo.group_size": 2,
+        "ppo.minibatch_size": 2,
         "ppo.agent.max_new_tokens": 8, "ppo.agent.max_turns": 2, "ppo.actor_lr": 1e-3, "ppo.critic_lr": 1e-3,
     }  # fmt: skip
     cmd = [

@@ -109,7 +109,8 @@ def test_sft_learns_teacher_turns_and_ppo_does_not_undo_it(tmp_path: Path) -> No
     ppo_cfg = PPOConfig.model_validate(
         {
             "steps": 3,
-            "prompts_per_step": 8,
+            "prompts_per_step": 4,
+            "group_size": 2,
             "minibatch_size": 4,
             "checkpoint_every": 3,
             "actor_lr": 1e-5,
