@@ -38,14 +38,14 @@ def test_paired_greater_exact_and_monte_carlo() -> None:
 
 
 def test_slots_name_what_each_token_copies() -> None:
-    turn = "<IS>Found 1-1: Paitum Labs | Q2: Who directed the film Blue Harbor? needs Blue Harbor</IS>"
-    assert _slot("<IS>Found 1-1:", " Paitum", G) == "found"
-    assert _slot("<IS>Found 1-1: Paitum Labs | Q2:", " Who", G) == "next_question"
+    turn = "<IS>Found: Paitum Labs | Q2: Who directed the film Blue Harbor? needs Blue Harbor</IS>"
+    assert _slot("<IS>Found:", " Paitum", G) == "found"
+    assert _slot("<IS>Found: Paitum Labs | Q2:", " Who", G) == "next_question"
     assert _slot("<IS>Q1: Who directed the film", " Blue", G) == "question"
     assert _slot(turn[: turn.index(" needs") + 6], " Blue", G) == "needs"
     assert _slot(turn + "<query>", " Blue", G) == "query"
-    assert _slot("<IS>Found 1-2: a; b</IS><answer>", " a", G) == "answer"
-    assert _slot("<IS>Found 1-1: a</IS>", "<query>", G) == "format"
+    assert _slot("<IS>Found: a; b</IS><answer>", " a", G) == "answer"
+    assert _slot("<IS>Found: a</IS>", "<query>", G) == "format"
     assert set(SLOTS) == {"question", "next_question", "needs", "found", "query", "answer", "format"}
 
 

@@ -15,7 +15,7 @@ from mem1_core.models import build_tiny_model, train_tokenizer
 TEXTS = [
     "Who directed the film Blue Harbor? Blue Harbor was directed by Zimi Zojo in 1965.",
     "In which city was Zimi Zojo born? Zimi Zojo was born in Cesteisound.",
-    "<IS>Found 1-1: Paris | Q2 needs Krezo Group</IS><query>Krezo Group</query>",
+    "<IS>Found: Paris | Q2 needs Krezo Group</IS><query>Krezo Group</query>",
 ] * 30
 TINY = TinyModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                        intermediate_size=64, vocab_size=400)  # fmt: skip
@@ -48,7 +48,7 @@ def model(tokenizer):
 
 
 def _contexts(tokenizer) -> list[list[int]]:
-    texts = ["Who directed", "<IS>Found 1-1: Paris | Q2 needs", "Zimi Zojo was born in Cesteisound. In which"]
+    texts = ["Who directed", "<IS>Found: Paris | Q2 needs", "Zimi Zojo was born in Cesteisound. In which"]
     texts += ["x", "Blue Harbor was directed by Zimi Zojo in 1965 <query>"]
     return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
 
@@ -150,11 +150,11 @@ def test_oracle_solves_one_and_two_hop_objectives_from_what_it_sees(tokenizer) -
     t0 = _turn(oracle, prompt, 0)
     assert t0 == "<IS>Q1: In which city was Zimi Zojo born? needs Zimi Zojo</IS><query> Zimi Zojo</query>"
     t1 = _turn(oracle, prompt + t0 + _info("Zimi Zojo", "Other"), 1)
-    assert t1 == f"<IS>Found 1-1: Cesteisound | Q2: {Q2} needs Blue Harbor</IS><query> Blue Harbor</query>"
+    assert t1 == f"<IS>Found: Cesteisound | Q2: {Q2} needs Blue Harbor</IS><query> Blue Harbor</query>"
     t2 = _turn(oracle, prompt + t1 + _info("Blue Harbor"), 2)  # bridge found: now the director's doc
-    assert t2 == f"<IS>Found 1-1: Cesteisound | Q2: {Q2} needs Dagrek Po</IS><query> Dagrek Po</query>"
+    assert t2 == f"<IS>Found: Cesteisound | Q2: {Q2} needs Dagrek Po</IS><query> Dagrek Po</query>"
     t3 = _turn(oracle, prompt + t2 + _info("Dagrek Po"), 3)
-    assert t3 == "<IS>Found 1-2: Cesteisound; Dagrek Po</IS><answer> Cesteisound; Dagrek Po</answer>"
+    assert t3 == "<IS>Found: Cesteisound; Dagrek Po</IS><answer> Cesteisound; Dagrek Po</answer>"
 
 
 def test_oracle_records_nothing_the_info_did_not_show(tokenizer) -> None:
@@ -166,13 +166,13 @@ def test_oracle_records_nothing_the_info_did_not_show(tokenizer) -> None:
     t2 = _turn(oracle, prompt + t1 + _info("Zimi Dogar"), 2)
     assert "<query> In which city was Zimi Zojo born?</query>" in t2
     t3 = _turn(oracle, prompt + t2 + _info(), 3)  # every query failed: give up on Q1, go on with Q2
-    assert t3 == f"<IS>Found 1-1: {UNKNOWN} | Q2: {Q2} needs Blue Harbor</IS><query> Blue Harbor</query>"
+    assert t3 == f"<IS>Found: {UNKNOWN} | Q2: {Q2} needs Blue Harbor</IS><query> Blue Harbor</query>"
 
 
 def test_oracle_answers_on_the_last_turn_with_what_it_has(tokenizer) -> None:
     oracle = OracleTeacher(tokenizer)
     prompt = qa_prompt(TASK.questions, 6)
-    state = f"<IS>Found 1-1: Cesteisound | Q2: {Q2} needs Blue Harbor</IS><query> Blue Harbor</query>"
+    state = f"<IS>Found: Cesteisound | Q2: {Q2} needs Blue Harbor</IS><query> Blue Harbor</query>"
     text = _turn(oracle, prompt + state + _info("Nothing", left=1), 4)
     assert text.endswith(f"<answer> Cesteisound; {UNKNOWN}</answer>")
     assert _turn(oracle, qa_prompt(TASK.questions, 1), 0).endswith(f"<answer> {UNKNOWN}; {UNKNOWN}</answer>")

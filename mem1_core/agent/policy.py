@@ -238,7 +238,7 @@ class ScriptedTeacher:
 class OracleTeacher(ScriptedTeacher):
     """Scripted Policy for multi-objective QA; writes compact, well-formed MEM1 turns.
 
-    The internal state holds only what is still needed: `Found 1-k: a1; …; ak` (answers so far, in
+    The internal state holds only what is still needed: `Found: a1; …; ak` (answers so far, in
     question order, exactly as the final answer will list them), then `| Qj: <question> needs <title>`
     for the open one (its question, so the next document is read beside what it must answer, and the
     next supporting document to find; after a bridge document this names the bridge entity). The
@@ -247,6 +247,10 @@ class OracleTeacher(ScriptedTeacher):
     of its objective has appeared in an `<info>`; a document that does not show up is searched again
     with a longer query, then given up on (`Qk=unknown`). It answers all objectives, `; `-separated,
     once it has them or when only one turn is left.
+
+    No counter in the state: with `Found 1-k`, a model trained on k <= K objectives would have to write
+    counts it never saw past K; the list itself says how many are found, and the open `Qj:` line is
+    copied from the prompt, which lists every question with its number.
     """
 
     def __init__(self, tokenizer: Any, grammar: TagGrammar = DEFAULT_GRAMMAR, max_tries: int = 3) -> None:
@@ -261,7 +265,7 @@ class OracleTeacher(ScriptedTeacher):
         self._state_re = re.compile(tag(g.state), re.S)
         self._query_re = re.compile(tag(g.query), re.S)
         self._info_re = re.compile(tag(g.info), re.S)
-        self._found_re = re.compile(r"^Found 1-(\d+): (.*?)(?: \| |$)", re.S)
+        self._found_re = re.compile(r"^Found: (.*?)(?: \| |$)", re.S)
         self._open_re = re.compile(r"(?:^| \| )Q(\d+): (.+)$", re.S)
         self._turns_left_re = re.compile(r"Turns left: (\d+)\.")
         self._max_turns_re = re.compile(r"You have (\d+) turns\.")
@@ -318,7 +322,7 @@ class OracleTeacher(ScriptedTeacher):
         memory = _Memory()
         found = self._found_re.match(state)
         if found:
-            memory.found = [a.strip() for a in found.group(2).split("; ")][: min(int(found.group(1)), n)]
+            memory.found = [a.strip() for a in found.group(1).split("; ")][:n]
         opened = self._open_re.search(state)
         if opened and memory.current < n and int(opened.group(1)) - 1 == memory.current:
             obj = objectives[memory.current]
@@ -354,7 +358,7 @@ class OracleTeacher(ScriptedTeacher):
         return None
 
     def _state_text(self, memory: _Memory, objectives: Sequence[Objective]) -> str:
-        parts = [f"Found 1-{len(memory.found)}: {'; '.join(memory.found)}"] if memory.found else []
+        parts = [f"Found: {'; '.join(memory.found)}"] if memory.found else []
         if memory.current < len(objectives):
             needs = self._needs(objectives[memory.current])
             question = objectives[memory.current].question.strip()
