@@ -51,35 +51,55 @@ def test_slots_name_what_each_token_copies() -> None:
 
 @pytest.mark.slow
 def test_bench_fails_and_still_writes_its_table_when_sft_is_not_above_untrained(tmp_path: Path) -> None:
-    """A few SFT steps cannot beat chance: the bench must say so (raise) after writing the numbers."""
+    """A few SFT steps cannot beat chance: the bench must say so (raise) after writing the numbers, for
+    every seed, model and estimator; a rerun takes the SFT models from the cache."""
     tiny = {
         "compose.world": {"seed": 0, "n_people": 40, "n_films": 12, "n_cities": 6, "n_companies": 6},
         "compose.n_train_tasks": 8,
         "compose.n_eval_tasks": 2,
-        "compose.eval_objectives": [1, 2, 4, 8],
+        "compose.eval_objectives": [1, 2, 8],
+        "compose.train_objectives": [1, 2],
         "compose.hops": [1],
         "sft.model.tiny": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                            "num_key_value_heads": 1, "intermediate_size": 64, "vocab_size": 512},
         "sft.epochs": 0.5,
         "sft.pretrain": {"steps": 2, "seq_len": 32, "batch_size": 2, "warmup_steps": 0},
         "ppo.steps": 1,
-        "ppo.prompts_per_step": 2,
-        "ppo.group_size": 2,
-        "ppo.minibatch_size": 2,
+        "ppo.minibatch_size": 8,
         "ppo.checkpoint_every": 1,
+        "ppo.eval_every": 1,
+        "ppo.eval_tasks": 1,
+        "ppo.eval_objectives": [2],
         "eval.agent.max_new_tokens": 24,
         "ppo.agent.max_new_tokens": 24,
     }  # fmt: skip
-    with pytest.raises(BarMissed, match="not clearly above the untrained model") as missed:
-        main(tmp_path, overrides=tiny)
-    assert missed.value.results["learning_p_sft_above_untrained"] >= 0.05  # the numbers travel with it
-    table = (tmp_path / "learning.md").read_text(encoding="utf-8")
-    assert "| untrained |" in table and "| sft |" in table and "| ppo |" in table
-    assert "does NOT hold" in table and "Fisher exact" in table
-    assert "causal-LM pre-training 2 steps x 2 windows of 32 tokens" in table
-    assert missed.value.results["learning_sft_pretrain_steps"] == 2
-    stage_rows = [line for line in table.splitlines() if line.startswith(("| model, objectives", "| sft, "))]
-    assert len({row.count("|") for row in stage_rows}) == 1, "every stage row has the header's columns"
+    recipes = {"gae": {"advantage": "gae", "group_size": 1, "prompts_per_step": 4},
+               "grpo": {"advantage": "grpo", "group_size": 2, "prompts_per_step": 2}}  # fmt: skip
+    cache = tmp_path / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("bench.bench_learning.RL_RECIPES", recipes)
+        with pytest.raises(BarMissed, match="not clearly above the untrained model") as missed:
+            main(tmp_path, overrides=tiny, seeds=(0, 1), cache=cache)
+        results = missed.value.results
+        assert results["learning_p_sft_above_untrained"] >= 0.05  # the numbers travel with it
+        assert {"learning_grpo_s0_n2_em", "learning_grpo_s1_n2_em", "learning_gae_n8_em"} <= results.keys()
+        table = (tmp_path / "learning.md").read_text(encoding="utf-8")
+        for row in ("| untrained | 0 |", "| sft | 1 |", "| sft | mean |", "| gae | 0 |", "| grpo | mean |"):
+            assert row in table, row
+        assert "does NOT hold" in table and "Fisher exact" in table and "paired sign-flip" in table
+        assert "seed 0 trained in this run" in table
+        assert "causal-LM pre-training 2 steps x 2 windows of 32 tokens" in table
+        assert results["learning_sft_pretrain_steps"] == 2
+        assert (tmp_path / "learning_curve_grpo_s1.png").is_file()
+        stage_rows = [
+            line for line in table.splitlines() if line.startswith(("| model, objectives", "| sft, "))
+        ]
+        assert len({row.count("|") for row in stage_rows}) == 1, "every stage row has the header's columns"
+        # A rerun reuses both SFT models; different SFT settings would not.
+        with pytest.raises(BarMissed):
+            main(tmp_path, overrides=tiny, seeds=(0, 1), cache=cache)
+        assert "seed 0 from the cache" in (tmp_path / "learning.md").read_text(encoding="utf-8")
+        assert len(list((cache / "sft").iterdir())) == 2
 
 
 @pytest.mark.slow
