@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -33,6 +34,8 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -257,67 +260,114 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
+@dataclass
+class SeedRun:
+    """What one training seed measured (returned from its worker process)."""
+
+    grid: dict[tuple[str, int], dict[int, dict[str, Any]]] = field(default_factory=dict)
+    stages: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
+    slots: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
+    curves: dict[tuple[str, int], list[dict[str, float]]] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=dict)
+    sft: tuple[dict[str, Any], bool] = ({}, False)
+
+
+def _eval_setup(base: Any, data: Path) -> tuple[Any, Any, dict[int, list[Any]]]:
+    agent = base.eval.agent.model_copy(update={"temperature": 0.0, "mode": "mem1"})
+    factory = sft.make_env_factory(compose.load_corpus(data), agent)
+    eval_tasks = compose.load_tasks(data, "eval")
+    tasks = {n: [t for t in eval_tasks if t.n_objectives == n][:k] for n, k in EVAL_TASKS.items()}
+    return agent, factory, {n: chosen for n, chosen in tasks.items() if chosen}
+
+
+def run_seed(
+    config: Path,
+    overrides: dict[str, object],
+    seed: int,
+    data: Path,
+    work: Path,
+    cache: Path,
+    results_dir: Path,
+    recipes: dict[str, dict[str, object]],
+    detail: bool,
+    threads: int,
+) -> SeedRun:
+    """SFT (or its cached model), each RL recipe from it, and greedy evaluation of every model; with
+    `detail` also the untrained model, the teacher-forced slots and the episode stages."""
+    torch.set_num_threads(threads)
+    out = SeedRun()
+    cfg = load_config(config, {**overrides, "sft.seed": seed, "ppo.seed": seed})
+    agent, factory, tasks = _eval_setup(cfg, data)
+
+    def score(name: str, model_dir: Path) -> None:
+        t0 = time.perf_counter()
+        out.grid[(name, seed)], trajs = evaluate_model(model_dir, tasks, factory, agent)
+        if detail:
+            grammar = models.load_grammar(model_dir)
+            for n in STAGE_OBJECTIVES:
+                if n in tasks:
+                    out.stages[(name, n)] = episode_stages(tasks[n], trajs[n], grammar)
+            if GATE_OBJECTIVES in tasks:
+                model, tok = models.load_model(model_dir)
+                out.slots[name] = slot_accuracy(model, tok, grammar, tasks[GATE_OBJECTIVES], factory, agent)
+        out.times[f"evaluate_{name}_s{seed}"] = time.perf_counter() - t0
+
+    torch.manual_seed(seed)
+    sft_dir, summary, cached = cached_sft(cfg.sft, data, work / f"sft_s{seed}", cache)
+    out.sft = (summary, cached)
+    out.times[f"sft_s{seed}"] = float(summary["seconds"])
+    if detail:  # same architecture and tokenizer, random weights
+        _, tok = models.load_model(sft_dir)
+        tiny = models.build_tiny_model(cfg.sft.model.tiny, tok, seed=cfg.sft.seed + 1)
+        score("untrained", models.save_model(tiny, tok, work / f"untrained_s{seed}"))
+    score("sft", sft_dir)
+    for name, recipe in recipes.items():
+        ppo_cfg = PPOConfig.model_validate({**cfg.ppo.model_dump(), **recipe})
+        t0 = time.perf_counter()
+        rl_dir = ppo.run(ppo_cfg, data, sft_dir, work / f"{name}_s{seed}")
+        out.times[f"{name}_s{seed}"] = time.perf_counter() - t0
+        out.curves[(name, seed)] = json.loads((rl_dir / ppo.HISTORY_FILE).read_text(encoding="utf-8"))
+        learning_curve(out.curves[(name, seed)], results_dir / f"learning_curve_{name}_s{seed}.png")
+        score(name, rl_dir)
+    return out
+
+
 def main(
     results_dir: Path,
     config: Path = CONFIG,
     overrides: dict[str, object] | None = None,
     seeds: tuple[int, ...] = SEEDS,
     cache: Path | None = None,
+    recipes: dict[str, dict[str, object]] | None = None,
 ) -> dict[str, float]:
+    """Seeds run side by side, one process each (one torch thread per core: on 2 shared cores two
+    single-thread processes train a model this small faster than one two-thread process)."""
     t_start = time.perf_counter()
     overrides = OVERRIDES if overrides is None else overrides
+    recipes = RL_RECIPES if recipes is None else recipes
     cache = cache or Path(os.environ.get("MEM1_BENCH_CACHE", REPO / "runs" / "bench-cache"))
     base = load_config(config, dict(overrides))
     results_dir.mkdir(parents=True, exist_ok=True)
-    times: dict[str, float] = {}
-    grid: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}  # (model, seed) -> n -> numbers
-    stages: dict[tuple[str, int], dict[str, float]] = {}
-    slots: dict[str, dict[str, tuple[float, int]]] = {}
-    sft_info: dict[int, tuple[dict[str, Any], bool]] = {}
-    curves: dict[tuple[str, int], list[dict[str, float]]] = {}
+    workers = max(1, min(len(seeds), os.cpu_count() or 1))
+    threads = max(1, (os.cpu_count() or 1) // workers)
     with tempfile.TemporaryDirectory(prefix="mem1-learning-") as tmp:
         work = Path(tmp)
         data = work / "data"
         compose.run(base.compose, data)
-        agent = base.eval.agent.model_copy(update={"temperature": 0.0, "mode": "mem1"})
-        factory = sft.make_env_factory(compose.load_corpus(data), agent)
-        eval_tasks = compose.load_tasks(data, "eval")
-        tasks = {n: [t for t in eval_tasks if t.n_objectives == n][:k] for n, k in EVAL_TASKS.items()}
-        tasks = {n: chosen for n, chosen in tasks.items() if chosen}
+        _, _, tasks = _eval_setup(base, data)
+        args = [(config, dict(overrides), s, data, work, cache, results_dir, recipes, s == seeds[0], threads)
+                for s in seeds]  # fmt: skip
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            runs = list(pool.map(run_seed, *zip(*args, strict=True)))
+    grid = {k: v for r in runs for k, v in r.grid.items()}
+    stages = {k: v for r in runs for k, v in r.stages.items()}
+    slots = {k: v for r in runs for k, v in r.slots.items()}
+    curves = {k: v for r in runs for k, v in r.curves.items()}
+    times = {k: v for r in runs for k, v in r.times.items()}
+    sft_info = {s: r.sft for s, r in zip(seeds, runs, strict=True)}
+    RL = recipes
 
-        def score(name: str, seed: int, model_dir: Path) -> None:
-            t0 = time.perf_counter()
-            grid[(name, seed)], trajs = evaluate_model(model_dir, tasks, factory, agent)
-            grammar = models.load_grammar(model_dir)
-            for n in STAGE_OBJECTIVES:
-                if n in tasks and seed == seeds[0]:
-                    stages[(name, n)] = episode_stages(tasks[n], trajs[n], grammar)
-            if seed == seeds[0] and GATE_OBJECTIVES in tasks:
-                model, tok = models.load_model(model_dir)
-                slots[name] = slot_accuracy(model, tok, grammar, tasks[GATE_OBJECTIVES], factory, agent)
-            times[f"evaluate_{name}_s{seed}"] = time.perf_counter() - t0
-
-        for seed in seeds:
-            cfg = load_config(config, {**overrides, "sft.seed": seed, "ppo.seed": seed})
-            torch.manual_seed(seed)
-            sft_dir, summary, cached = cached_sft(cfg.sft, data, work / f"sft_s{seed}", cache)
-            sft_info[seed] = (summary, cached)
-            times[f"sft_s{seed}"] = float(summary["seconds"])
-            if seed == seeds[0]:  # same architecture and tokenizer, random weights
-                _, tok = models.load_model(sft_dir)
-                tiny = models.build_tiny_model(cfg.sft.model.tiny, tok, seed=cfg.sft.seed + 1)
-                score("untrained", seed, models.save_model(tiny, tok, work / "untrained"))
-            score("sft", seed, sft_dir)
-            for name, recipe in RL_RECIPES.items():
-                ppo_cfg = PPOConfig.model_validate({**cfg.ppo.model_dump(), **recipe})
-                t0 = time.perf_counter()
-                rl_dir = ppo.run(ppo_cfg, data, sft_dir, work / f"{name}_s{seed}")
-                times[f"{name}_s{seed}"] = time.perf_counter() - t0
-                curves[(name, seed)] = json.loads((rl_dir / ppo.HISTORY_FILE).read_text(encoding="utf-8"))
-                learning_curve(curves[(name, seed)], results_dir / f"learning_curve_{name}_s{seed}.png")
-                score(name, seed, rl_dir)
-
-    model_names = ["untrained", "sft", *RL_RECIPES]
+    model_names = ["untrained", "sft", *RL]
     counts = sorted(tasks)
     seeds_of = {k: [s for s in seeds if (k, s) in grid] for k in model_names}
 
@@ -363,7 +413,7 @@ def main(
     p_sft = fisher_greater(r_sft, n_sft, round(r_un * n_sft / max(n_un, 1)), n_sft)
     results["learning_p_sft_above_untrained"] = p_sft
     lines_rl: list[str] = []
-    for k in RL_RECIPES:
+    for k in RL:
         if gate in counts:
             p = paired_greater(pooled(k, gate, "task_em"), pooled("sft", gate, "task_em"))
             results[f"learning_p_{k}_above_sft_n{gate}"] = p
@@ -391,7 +441,7 @@ def main(
             f"SFT is not clearly above the untrained model at {gate} objectives: {r_sft}/{n_sft} vs "
             f"{r_un}/{n_un} sub-answers right, p = {p_sft:.3g}"
         )
-    if BAR_RECIPE in RL_RECIPES and gate in counts:
+    if BAR_RECIPE in RL and gate in counts:
         p, gain = (
             results[f"learning_p_{BAR_RECIPE}_above_sft_n{gate}"],
             results[f"learning_{BAR_RECIPE}_gain_n{gate}"],
@@ -400,7 +450,7 @@ def main(
             missed.append(
                 f"{BAR_RECIPE} is not above SFT at {gate} objectives: gain {gain:+.3f}, p = {p:.3g}"
             )
-    if BAR_RECIPE in RL_RECIPES and beyond in counts:
+    if BAR_RECIPE in RL and beyond in counts:
         p_b = results[f"learning_p_{BAR_RECIPE}_above_untrained_n{beyond}"]
         if p_b >= 0.05 or em(BAR_RECIPE, beyond) < em("sft", beyond):
             missed.append(
@@ -420,7 +470,7 @@ def main(
         f"then RL from each SFT model, {base.ppo.steps} steps of 64 episodes at temperature "
         f"{base.ppo.agent.temperature}, actor lr {base.ppo.actor_lr}, {base.ppo.ppo_epochs} epochs, "
         f"mini-batches of {base.ppo.minibatch_size}: "
-        + "; ".join(f"{k} {v}" for k, v in RL_RECIPES.items())
+        + "; ".join(f"{k} {v}" for k, v in RL.items())
         + f". Training seeds {list(seeds)}. Greedy mem1-mode rollouts on held-out tasks ("
         + ", ".join(f"{len(tasks[n])} at {n}" for n in counts)
         + "); EM and F1 are means over sub-answers (0..1; SQuAD normalisation).",

@@ -76,30 +76,26 @@ def test_bench_fails_and_still_writes_its_table_when_sft_is_not_above_untrained(
     recipes = {"gae": {"advantage": "gae", "group_size": 1, "prompts_per_step": 4},
                "grpo": {"advantage": "grpo", "group_size": 2, "prompts_per_step": 2}}  # fmt: skip
     cache = tmp_path / "cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("bench.bench_learning.RL_RECIPES", recipes)
-        with pytest.raises(BarMissed, match="not clearly above the untrained model") as missed:
-            main(tmp_path, overrides=tiny, seeds=(0, 1), cache=cache)
-        results = missed.value.results
-        assert results["learning_p_sft_above_untrained"] >= 0.05  # the numbers travel with it
-        assert {"learning_grpo_s0_n2_em", "learning_grpo_s1_n2_em", "learning_gae_n8_em"} <= results.keys()
-        table = (tmp_path / "learning.md").read_text(encoding="utf-8")
-        for row in ("| untrained | 0 |", "| sft | 1 |", "| sft | mean |", "| gae | 0 |", "| grpo | mean |"):
-            assert row in table, row
-        assert "does NOT hold" in table and "Fisher exact" in table and "paired sign-flip" in table
-        assert "seed 0 trained in this run" in table
-        assert "causal-LM pre-training 2 steps x 2 windows of 32 tokens" in table
-        assert results["learning_sft_pretrain_steps"] == 2
-        assert (tmp_path / "learning_curve_grpo_s1.png").is_file()
-        stage_rows = [
-            line for line in table.splitlines() if line.startswith(("| model, objectives", "| sft, "))
-        ]
-        assert len({row.count("|") for row in stage_rows}) == 1, "every stage row has the header's columns"
-        # A rerun reuses both SFT models; different SFT settings would not.
-        with pytest.raises(BarMissed):
-            main(tmp_path, overrides=tiny, seeds=(0, 1), cache=cache)
-        assert "seed 0 from the cache" in (tmp_path / "learning.md").read_text(encoding="utf-8")
-        assert len(list((cache / "sft").iterdir())) == 2
+    with pytest.raises(BarMissed, match="not clearly above the untrained model") as missed:
+        main(tmp_path, overrides=tiny, seeds=(0, 1), cache=cache, recipes=recipes)
+    results = missed.value.results
+    assert results["learning_p_sft_above_untrained"] >= 0.05  # the numbers travel with it
+    assert {"learning_grpo_s0_n2_em", "learning_grpo_s1_n2_em", "learning_gae_n8_em"} <= results.keys()
+    table = (tmp_path / "learning.md").read_text(encoding="utf-8")
+    for row in ("| untrained | 0 |", "| sft | 1 |", "| sft | mean |", "| gae | 0 |", "| grpo | mean |"):
+        assert row in table, row
+    assert "does NOT hold" in table and "Fisher exact" in table and "paired sign-flip" in table
+    assert "seed 0 trained in this run" in table
+    assert "causal-LM pre-training 2 steps x 2 windows of 32 tokens" in table
+    assert results["learning_sft_pretrain_steps"] == 2
+    assert (tmp_path / "learning_curve_grpo_s1.png").is_file()
+    stage_rows = [line for line in table.splitlines() if line.startswith(("| model, objectives", "| sft, "))]
+    assert len({row.count("|") for row in stage_rows}) == 1, "every stage row has the header's columns"
+    # A rerun reuses both SFT models; different SFT settings would not.
+    with pytest.raises(BarMissed):
+        main(tmp_path, overrides=tiny, seeds=(0, 1), cache=cache, recipes=recipes)
+    assert "seed 0 from the cache" in (tmp_path / "learning.md").read_text(encoding="utf-8")
+    assert len(list((cache / "sft").iterdir())) == 2
 
 
 @pytest.mark.slow
