@@ -142,6 +142,21 @@ def test_only_gae_builds_a_critic(data_dir: Path, model_dir: Path, tmp_path: Pat
         ppo.PPOTrainer(small_ppo(steps=2, advantage="grpo"), data_dir, model_dir, out).maybe_resume()
 
 
+def test_full_context_agent_trains_in_its_own_mode(data_dir: Path, model_dir: Path, tmp_path: Path) -> None:
+    """The full-context baseline is trained the same way: rollouts keep every turn, the stitched pass
+    scores each turn against that whole context (exact, as the sampled log-probs show)."""
+    cfg = small_ppo(agent={"max_new_tokens": 12, "max_turns": 3, "mode": "full"})
+    trainer = ppo.PPOTrainer(cfg, data_dir, model_dir, tmp_path)
+    trajs, _ = trainer.rollout()
+    assert {t.mode for t in trajs} == {"full"}
+    longer = [t for t in trajs if len(t.turns) > 2]
+    for t in longer:  # turn 3 sees turns 1 and 2, not only the last one
+        assert t.turns[2].context_ids[: len(t.turns[1].context_ids)] == t.turns[1].context_ids
+    for s in trainer.score([stitch(t) for t in trajs]):
+        behaviour = torch.tensor(s.seq.old_logprobs) * s.loss_mask
+        assert float((behaviour - s.old_logprobs).abs().max()) < 1e-4
+
+
 def test_group_estimators_need_groups_and_sampling() -> None:
     with pytest.raises(ValueError, match="group_size >= 2"):
         small_ppo(group_size=1)

@@ -1,10 +1,11 @@
 """PPO over MEM1 rollouts, scored through one stitched, masked forward pass per batch.
 
-Each step: sample `prompts_per_step` training tasks, roll each out `group_size` times in mem1 mode
-with the actor (HFPolicy, temperature cfg.agent.temperature), stitch every episode
-(rl/trajectory.py), and run one masked forward pass per mini-batch for the old and reference
-log-probs (and the values, with a critic). Log-probs are those of softmax(logits / T), the
-distribution that was sampled, so the ratio starts at exactly 1.
+Each step: sample `prompts_per_step` training tasks, roll each out `group_size` times in the agent's
+mode (mem1 by default; full and truncate:K train the baselines the same way) with the actor
+(HFPolicy, temperature cfg.agent.temperature), stitch every episode (rl/trajectory.py), and run one
+masked forward pass per mini-batch for the old and reference log-probs (and the values, with a
+critic). Log-probs are those of softmax(logits / T), the distribution that was sampled, so the ratio
+starts at exactly 1.
 
 Advantages (`advantage`, rl/advantages.py):
 - gae: per-token reward = -kl_coef * (log pi_old - log pi_ref) on every generated token, plus the task
@@ -334,7 +335,7 @@ class PPOTrainer:
         )
         self.actor.eval()
         with torch.no_grad():
-            return run_episodes(tasks, self.env_factory, policy, agent, mode="mem1", progress=False)
+            return run_episodes(tasks, self.env_factory, policy, agent, mode=agent.mode, progress=False)
 
     def heldout(self) -> dict[str, float]:
         """Greedy held-out EM (and reward) per count: the learning curve's points. Ranks split the tasks."""
