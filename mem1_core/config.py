@@ -249,7 +249,9 @@ class PPOConfig(StrictModel):
     kl_coef: float = Field(0.001, ge=0)
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(1.0, ge=0, le=1)
-    whiten_advantages: bool = True
+    whiten_advantages: bool = Field(
+        True, description="gae: normalise advantages over the step (grpo/rloo are already group-relative)"
+    )
     max_grad_norm: float = Field(1.0, gt=0)
     attention: Literal["auto", "dense", "flex"] = Field("auto", description="auto: flex on GPU, dense on CPU")
     checkpoint_every: int = Field(5, ge=1)
