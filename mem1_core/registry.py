@@ -501,6 +501,16 @@ def runtime_requirements() -> list[str]:
     return [f"{dist}=={version(dist).split('+')[0]}" for dist in RUNTIME_DISTRIBUTIONS]
 
 
+def _code_copy(dest: Path) -> Path:
+    """mem1_core's sources, without bytecode caches, for the model's `code/` (MLflow `code_paths`)."""
+    import shutil
+
+    import mem1_core
+
+    src = Path(mem1_core.__file__).parent
+    return Path(shutil.copytree(src, dest / src.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")))
+
+
 def build_pyfunc(
     model_dir: Path,
     out_dir: Path,
@@ -537,7 +547,7 @@ def build_pyfunc(
         },
         signature=signature,
         input_example=example,
-        code_paths=[str(Path(mem1_core.__file__).parent)],
+        code_paths=[str(_code_copy(prompt_dir.parent / "code"))],
         pip_requirements=runtime_requirements(),
         metadata={**metadata, "mem1_core_version": str(mem1_core.__version__)},
     )

@@ -137,14 +137,16 @@ class Proxy503:
 
         class Handler(BaseHTTPRequestHandler):
             def _handle(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self._body()
                 if proxy._should_refuse(self.command, self.path):
                     self.send_response(503)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 headers = {
-                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in ("host", "content-length", "transfer-encoding")
                 }
                 r = requests.request(
                     self.command, proxy.upstream + self.path, data=body, headers=headers, timeout=60
@@ -156,6 +158,18 @@ class Proxy503:
                 self.send_header("Content-Length", str(len(r.content)))
                 self.end_headers()
                 self.wfile.write(r.content)
+
+            def _body(self) -> bytes:
+                """The request body, also when chunked (how requests uploads an empty file)."""
+                if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                parts = []
+                while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                    parts.append(self.rfile.read(size))
+                    self.rfile.readline()  # the CRLF after each chunk
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers, then the end
+                    pass
+                return b"".join(parts)
 
             do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _handle
 
