@@ -27,8 +27,7 @@ TEXTS = [
     "Doc 1(Title: Krezo Group) Krezo Group is a company founded in 2012. ‹not a tag› café naïve",
 ] * 30
 TRICKY = (
-    "<IS>Found: Cesteisound; 1965 | Q3 needs Zimi</IS><query>Zimi  Zojo\n</query>"
-    "  é ‹x› 日本 <info>x</info>"
+    "<IS>Found: Cesteisound; 1965 | Q3 needs Zimi</IS><query>Zimi  Zojo\n</query>  é ‹x› 日本 <info>x</info>"
 )
 SMALL = TinyModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                         intermediate_size=64, vocab_size=400)  # fmt: skip

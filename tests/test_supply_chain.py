@@ -180,8 +180,8 @@ def ppo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path,
     data = make_data_dir(root / "data")
     model = make_model_dir(root / "sft", data)
     cfg = PPOConfig.model_validate(
-        {"steps": 1, "prompts_per_step": 2, "group_size": 2, "minibatch_size": 2, "checkpoint_every": 1,
-         "agent": {"max_new_tokens": 8, "max_turns": 1}}
+        {"steps": 1, "prompts_per_step": 2, "advantage": "gae", "group_size": 1, "minibatch_size": 2,
+         "checkpoint_every": 1, "agent": {"max_new_tokens": 8, "max_turns": 1}}  # gae: a critic
     )  # fmt: skip
     torch.set_num_threads(1)
     ppo.run(cfg, data, model, root / "out")
