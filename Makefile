@@ -47,7 +47,7 @@ format: setup  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: setup  ## lint, then the whole test suite (CPU, no network)
+test: setup postgres  ## lint, then the whole test suite (CPU, no network; installs PostgreSQL where absent)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
