@@ -68,8 +68,8 @@ STAGE_OBJECTIVES = (2, BEYOND)
 MIN_GAIN = 0.05  # RL must add at least this much EM at GATE_OBJECTIVES (mean over seeds)
 # Both estimators see 64 episodes per step: gae as 64 tasks x 1 sample, grpo as 8 tasks x 8 samples.
 RL_RECIPES: dict[str, dict[str, object]] = {
-    "gae": {"advantage": "gae", "group_size": 1, "prompts_per_step": 64},
     "grpo": {"advantage": "grpo", "group_size": 8, "prompts_per_step": 8},
+    "gae": {"advantage": "gae", "group_size": 1, "prompts_per_step": 64},
 }
 BAR_RECIPE = "grpo"  # the default estimator carries the bars
 # Files whose change invalidates a cached SFT model (what builds the data, tokenizer, teacher and model).
@@ -100,7 +100,7 @@ OVERRIDES: dict[str, object] = {
     "eval.agent.max_new_tokens": 256,
     "ppo.agent.max_new_tokens": 128,
     "sft.agent.max_new_tokens": 128,
-    "ppo.steps": 40,
+    "ppo.steps": 30,  # ~30 s a step on one core: 64 sampled episodes of 1-4 objectives
     "ppo.minibatch_size": 32,
     "ppo.ppo_epochs": 2,
     # With Adam every update moves each weight by about lr, and the demo measured approx_kl 3e-7 a step
@@ -110,7 +110,7 @@ OVERRIDES: dict[str, object] = {
     "ppo.eval_every": 5,
     "ppo.eval_tasks": 32,
     "ppo.eval_objectives": [GATE_OBJECTIVES],
-    "ppo.checkpoint_every": 40,
+    "ppo.checkpoint_every": 30,
 }
 SLOTS = {  # key -> what the token copies, and from where
     "question": "state: the first question, first turn (from the prompt)",
