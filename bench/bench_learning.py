@@ -485,7 +485,7 @@ def main(
         ) + ".",
         "",
         "| model | seed | " + " | ".join(f"EM@{n}" for n in counts) + " | "
-        + " | ".join(f"F1@{n}" for n in counts) + f" | format errors@{gate} | RL wall time (s) |",
+        + " | ".join(f"F1@{n}" for n in counts) + f" | format errors@{gate} | training wall time (s) |",
         "|---|---|" + "---:|" * (2 * len(counts) + 2),
     ]  # fmt: skip
     for k in model_names:
