@@ -402,10 +402,8 @@ def main(
         for stage, v in by_stage.items():
             results[f"learning_{k}_n{n}_stage_{stage.replace(' ', '_')}"] = v
     results.update({f"learning_seconds_{k}": v for k, v in times.items()})
-    first_summary = sft_info[seeds[0]][0]
-    results.update(
-        {f"learning_sft_{k}": float(v) for k, v in first_summary.items() if k.startswith("pretrain_")}
-    )
+    summary0 = sft_info[seeds[0]][0]  # the first seed's SFT: its pre-training figures go in the report
+    results.update({f"learning_sft_{k}": float(v) for k, v in summary0.items() if k.startswith("pretrain_")})
 
     # The bars.
     gate, beyond = GATE_OBJECTIVES, BEYOND
@@ -461,7 +459,6 @@ def main(
             )
 
     tiny = base.sft.model.tiny
-    summary0 = sft_info[seeds[0]][0]
     lines = [
         "# Learning on the embedded default (CPU)",
         "",
