@@ -150,9 +150,6 @@ class AgentConfig(StrictModel):
         parse_mode(value)
         return value
 
-    def turns_for(self, n_objectives: int) -> int:
-        return self.max_turns if self.max_turns is not None else 2 * n_objectives + 2
-
 
 def parse_mode(mode: str) -> tuple[str, int | None]:
     """'mem1' | 'full' | 'truncate:K' -> (name, K)."""

@@ -22,9 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    # lazy: `mem1 serve-retrieval --help` must not pay for what the step imports (torch, mlflow, kfp)
     from mem1_core.data.sources import DataError, load_corpus_file
-    from mem1_core.envs.retrieval import BM25Backend
-    from mem1_core.envs.server import serve
+    from mem1_core.retrieval.bm25 import BM25Backend
+    from mem1_core.retrieval.server import serve
 
     if not 0 <= args.port <= 65535:
         raise DataError(f"--port {args.port}: must be within 0..65535")
