@@ -11,7 +11,7 @@ def compose_dataset(
     import json
     from pathlib import Path
 
-    from components import runtime
+    from components import step_config
     from mem1_core.config import ComposeConfig, parse_section
     from mem1_core.data import compose
 
@@ -19,5 +19,5 @@ def compose_dataset(
     compose.run(cfg, Path(dataset.path))
     manifest = json.loads((Path(dataset.path) / "manifest.json").read_text(encoding="utf-8"))
     dataset.metadata["dataset_hash"] = manifest.get("dataset_hash", "")
-    for key, value in runtime.flatten("", manifest.get("counts", {})).items():
+    for key, value in step_config.flatten("", manifest.get("counts", {})).items():
         stats.log_metric(key, value)

@@ -59,10 +59,10 @@ def train(
     if gpus_per_node > 1:
         return _torchrun_single_node(kind, section, data_dir, model_dir, out_dir, gpus_per_node)
     if kind == "sft":
-        from mem1_core.rl import sft
+        from mem1_core.rl import sft  # torch, trl: heavy, loaded only in a training pod
 
         return Path(sft.run(parse_section(SFTConfig, section, "sft"), data_dir, out_dir, log=log))
-    from mem1_core.rl import ppo
+    from mem1_core.rl import ppo  # torch, deepspeed: heavy, loaded only in a training pod
 
     assert model_dir is not None
     return Path(ppo.run(parse_section(PPOConfig, section, "ppo"), data_dir, model_dir, out_dir, log=log))

@@ -1,4 +1,4 @@
-"""The run's config as the steps receive it (pipeline parameters merged in), and metrics as MLflow/KFP take them.
+"""The run's config as the steps get it (pipeline parameters merged in); metrics as MLflow and KFP take them.
 
 Component functions are serialised by KFP and run alone in the image, so they stay a few lines long
 and import the modules beside this one (installed with the project) inside their body: step_config,
@@ -14,7 +14,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from mem1_core.config import ConfigError, PipelineConfig, format_validation_error
-
 
 # Keys of PipelineConfig that the pipeline's own parameters may override (beyond the free `overrides`).
 SECTIONS = ("compose", "sft", "ppo", "eval", "registry")

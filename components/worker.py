@@ -11,7 +11,6 @@ from pathlib import Path
 
 import yaml
 
-
 DEEPSPEED_CONFIG = "configs/deepspeed_zero3.json"  # relative to the images' WORKDIR (/app)
 
 
