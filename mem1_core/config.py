@@ -236,6 +236,12 @@ class PPOConfig(StrictModel):
         description="token_mean: every generated token weighs the same (long episodes weigh more); "
         "sequence_mean: each episode's tokens are averaged first, so every episode weighs the same",
     )
+    reward: Literal["env", "f1"] = Field(
+        "env",
+        description="env: the environment's reward (QA: mean EM over objectives, shop: its score). f1 "
+        "(QA only): mean token F1 over objectives, partial credit for a partly copied name; format "
+        "errors still earn 0",
+    )
     minibatch_size: int = Field(16, ge=1, description="episodes per optimizer step (all ranks together)")
     ppo_epochs: int = Field(1, ge=1)
     actor_lr: float = Field(1e-5, gt=0)

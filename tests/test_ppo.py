@@ -223,3 +223,20 @@ def test_random_seed_isolation() -> None:
 def test_flex_training_on_cpu_is_refused_clearly(data_dir: Path, model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no CPU backward"):
         ppo.PPOTrainer(small_ppo(attention="flex"), data_dir, model_dir, tmp_path)
+
+
+def test_f1_reward_gives_partial_credit_and_nothing_for_a_format_error(
+    data_dir: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    from mem1_core.agent.types import Trajectory
+
+    def traj(preds: list[str], error: str | None = None) -> Trajectory:
+        gold = [["Ada Lovelace"], ["Paris"]]
+        return Trajectory("t", "mem1", 2, 0, reward=0.5, predictions=preds, gold=gold, format_error=error)
+
+    assert ppo.episode_reward(traj(["Ada Byron", "Paris"]), "env") == 0.5
+    assert ppo.episode_reward(traj(["Ada Byron", "Paris"]), "f1") == pytest.approx((0.5 + 1.0) / 2)
+    assert ppo.episode_reward(traj(["Ada Lovelace", "Paris"], error="no tag"), "f1") == 0.0
+    trainer = ppo.PPOTrainer(small_ppo(steps=1, reward="f1"), data_dir, model_dir, tmp_path)
+    metrics = trainer.train_step()
+    assert 0.0 <= metrics["reward"] <= 1.0 and metrics["em"] <= metrics["reward"] + 1e-9

@@ -93,6 +93,17 @@ def _em(traj: Any) -> float:
     return float(score_answers(list(traj.predictions), [tuple(g) for g in traj.gold])["em"])
 
 
+def episode_reward(traj: Any, how: str) -> float:
+    """The reward PPO trains on: the environment's, or (QA) mean F1 over objectives, 0 on a format error."""
+    from mem1_core.envs.qa import score_answers
+
+    if how == "env":
+        return float(traj.reward)
+    if traj.format_error is not None or not traj.gold:
+        return 0.0
+    return float(score_answers(list(traj.predictions), [tuple(g) for g in traj.gold])["f1"])
+
+
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
@@ -147,6 +158,8 @@ class PPOTrainer:
                 f"ppo.prompts_per_step {cfg.prompts_per_step} is more than the {len(self.tasks)} train tasks"
             )
         self.domain = domains.domain_of(Path(data_dir))
+        if cfg.reward == "f1" and self.domain != "qa":
+            raise ConfigError(f"ppo.reward 'f1' scores QA answers; the data set's domain is {self.domain!r}")
         corpus = load_corpus(Path(data_dir))
         catalog = domains.load_shop_catalog(Path(data_dir)) if self.domain == "shop" else None
         self.device = self.dist.device
@@ -498,6 +511,9 @@ class PPOTrainer:
     def train_step(self) -> dict[str, float]:
         trajs, rollout_s = self.rollout()
         seqs = [stitch(t) for t in trajs]  # every episode has >= 1 turn; group order is kept
+        if self.cfg.reward != "env":
+            for s, t in zip(seqs, trajs, strict=True):
+                s.reward = episode_reward(t, self.cfg.reward)
         t0 = time.perf_counter()
         scored = self.score(seqs)
         score_s = time.perf_counter() - t0
@@ -506,7 +522,7 @@ class PPOTrainer:
         kl = [float(((x.old_logprobs - x.ref_logprobs) * x.loss_mask).sum()) for x in scored]
         gen_tokens = sum(int(x.loss_mask.sum()) for x in scored)
         metrics.update(
-            reward=sum(t.reward for t in trajs) / n,
+            reward=sum(s.reward for s in seqs) / n,  # what PPO trained on (ppo.reward)
             em=sum(_em(t) for t in trajs) / n,
             kl=sum(kl) / max(len(kl), 1),
             format_error_rate=sum(t.format_error is not None for t in trajs) / n,
@@ -518,7 +534,7 @@ class PPOTrainer:
             score_s=score_s,
         )
         if self.cfg.group_size > 1:
-            metrics.update(group_stats([t.reward for t in trajs], self.cfg.group_size))
+            metrics.update(group_stats([s.reward for s in seqs], self.cfg.group_size))
         metrics.update(domains.summary_extras(self.domain, trajs))
         if self.curve_tasks and (self.step + 1) % self.cfg.eval_every == 0:
             metrics.update(self.heldout())
