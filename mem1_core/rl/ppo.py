@@ -95,8 +95,6 @@ def _em(traj: Any) -> float:
 
 def episode_reward(traj: Any, how: str) -> float:
     """The reward PPO trains on: the environment's, or (QA) mean F1 over objectives, 0 on a format error."""
-    from mem1_core.envs.qa import score_answers
-
     if how == "env":
         return float(traj.reward)
     if traj.format_error is not None or not traj.gold:
