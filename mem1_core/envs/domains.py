@@ -134,7 +134,12 @@ def env_factory_for(
             from mem1_core.data.compose import load_corpus
 
             corpus = load_corpus(Path(data_dir))
-        backend = BM25Backend(corpus)
+        if data_dir is not None:  # BM25, dense or hybrid, as the data set was composed (compose.retrieval)
+            from mem1_core.envs.backends import data_dir_backend
+
+            backend = data_dir_backend(Path(data_dir), corpus)
+        else:
+            backend = BM25Backend(corpus)
 
     def factory(task: Task) -> QAEnvironment:
         return QAEnvironment(

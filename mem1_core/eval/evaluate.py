@@ -124,6 +124,7 @@ def run(
     out_dir: Path,
     model_cfg: ModelConfig | None = None,
     retrieval_url: str | None = None,
+    backend: Any = None,
 ) -> EvalResult:
     """Evaluate `model_dir` (or "oracle") over cfg.objectives x cfg.modes on the eval split."""
     from mem1_core.agent.rollout import run_episodes
@@ -148,13 +149,14 @@ def run(
     manifest = compose.load_manifest(data_dir)
     domain = domains.domain_of(data_dir)
 
-    backend: Any = None
-    if retrieval_url or cfg.agent.retrieval_url:
+    if backend is not None:  # a caller's own SearchBackend (e.g. the retrieval bench's dense index)
+        pass
+    elif retrieval_url or cfg.agent.retrieval_url:
         backend = domains.remote_backend(str(retrieval_url or cfg.agent.retrieval_url), data_dir)
     elif domain == "qa":
-        from mem1_core.envs.retrieval import BM25Backend
+        from mem1_core.envs.backends import data_dir_backend
 
-        backend = BM25Backend(compose.load_corpus(data_dir))  # one index shared by every cell
+        backend = data_dir_backend(data_dir)  # BM25, dense or hybrid as composed; shared by every cell
     catalog = domains.load_shop_catalog(data_dir, backend) if domain == "shop" else None
     policy, grammar = _build_policy(model_dir, data_dir, cfg.agent, model_cfg, domain)
 
