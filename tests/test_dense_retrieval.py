@@ -181,3 +181,17 @@ def test_composed_data_dir_serves_its_own_kind(tmp_path: Path) -> None:
     )
     with pytest.raises(IndexMismatchError, match=re.escape(str(index_dir_of(tmp_path) / META_FILE))):
         data_dir_backend(tmp_path)
+
+
+def test_batched_concurrent_queries_rank_as_one_at_a_time(dense: DenseBackend, encoder: TextEncoder) -> None:
+    """The server's micro-batching encoder: many threads at once get the rankings of sequential calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mem1_core.envs.batching import BatchingEncoder
+
+    batched = DenseBackend(dense.documents, dense.index, BatchingEncoder(encoder, max_batch=4), "")
+    queries = [*QUERIES, "volcano ash", "board game king"] * 3
+    expected = [[h.document.id for h in dense.search([q], 3)[0]] for q in queries]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda q: [h.document.id for h in batched.search([q], 3)[0]], queries))
+    assert got == expected

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     docs = load_corpus_file(path)
     where = f", index {index}" if cfg.kind != "bm25" else ""
     print(f"indexing {len(docs)} documents from {path} ({cfg.kind}{where})", flush=True)
-    backend = open_backend(docs, cfg, index)
+    backend = open_backend(docs, cfg, index, concurrent=True)
     print(f"serving on http://{args.host}:{args.port} (POST /retrieve, GET /healthz)", flush=True)
     serve(backend, host=args.host, port=args.port, n_documents=len(docs))
     return 0

@@ -23,9 +23,13 @@ def index_dir_of(data_dir: Path) -> Path:
 
 
 def open_backend(
-    documents: Sequence[Document], cfg: RetrievalConfig, index_dir: Path | None = None
+    documents: Sequence[Document],
+    cfg: RetrievalConfig,
+    index_dir: Path | None = None,
+    concurrent: bool = False,
 ) -> SearchBackend:
-    """BM25 built here; dense and hybrid load the prebuilt index at `index_dir`, checked against `cfg`."""
+    """BM25 built here; dense and hybrid load the prebuilt index at `index_dir`, checked against `cfg`.
+    `concurrent` (a server): queries arriving together from many threads are encoded in one batch."""
     from mem1_core.envs.retrieval import BM25Backend
 
     if cfg.kind == "bm25":
@@ -34,7 +38,13 @@ def open_backend(
 
     if index_dir is None:
         raise ValueError(f"retrieval.kind {cfg.kind!r} needs a dense index directory; none was given")
-    dense = DenseBackend.load(Path(index_dir), documents, cfg)
+    encoder: Any = None
+    if concurrent:
+        from mem1_core.envs.batching import BatchingEncoder
+        from mem1_core.envs.encoder import TextEncoder
+
+        encoder = BatchingEncoder(TextEncoder(cfg))
+    dense = DenseBackend.load(Path(index_dir), documents, cfg, encoder=encoder)
     if cfg.kind == "dense":
         return dense
     from mem1_core.envs.hybrid import HybridBackend

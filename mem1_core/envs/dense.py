@@ -20,6 +20,7 @@ from typing import Any
 from mem1_core.config import RetrievalConfig
 from mem1_core.data.sources import DataError
 from mem1_core.data.types import Document
+from mem1_core.envs.batching import BatchingEncoder
 from mem1_core.envs.encoder import TextEncoder
 from mem1_core.envs.retrieval import Hit
 
@@ -135,7 +136,11 @@ class DenseBackend:
     """
 
     def __init__(
-        self, documents: Sequence[Document], index: Any, encoder: TextEncoder, query_prefix: str
+        self,
+        documents: Sequence[Document],
+        index: Any,
+        encoder: TextEncoder | BatchingEncoder,
+        query_prefix: str,
     ) -> None:
         if index.ntotal != len(documents):
             raise IndexMismatchError(f"the index holds {index.ntotal} vectors for {len(documents)} documents")
@@ -154,7 +159,7 @@ class DenseBackend:
         index_dir: Path,
         documents: Sequence[Document],
         cfg: RetrievalConfig,
-        encoder: TextEncoder | None = None,
+        encoder: TextEncoder | BatchingEncoder | None = None,
     ) -> DenseBackend:
         """Load `index_dir` after checking its metadata against `cfg` and `documents`."""
         import faiss
