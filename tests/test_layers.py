@@ -30,7 +30,7 @@ LAYERS: tuple[str, ...] = (
     "mem1_core.rl",  # stitching, the mask, SFT, PPO/GRPO
     "mem1_core.agent",  # policies: HF policy, teachers and the choice per domain, rollout loop
     "mem1_core.envs",  # environments and their prompts; the per-domain choices; no policy
-    "mem1_core.retrieval",  # SearchBackend, BM25, the HTTP server and client
+    "mem1_core.retrieval",  # SearchBackend; BM25, dense, hybrid, chosen per data dir; HTTP server, client
     "mem1_core.data",  # sources, synthetic world, composition, shop catalogue; no environment
     "mem1_core.models",  # tiny model and tokenizer, safe loading
     "mem1_core.protocol",  # tag grammar, parser, escaping, state/info formatting; EM/F1

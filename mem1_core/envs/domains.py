@@ -20,6 +20,7 @@ from mem1_core.data.types import Document, Task
 from mem1_core.envs import qa, shop
 from mem1_core.envs.qa import QAEnvironment
 from mem1_core.protocol.tags import DEFAULT_GRAMMAR, TagGrammar
+from mem1_core.retrieval.backends import data_dir_backend
 from mem1_core.retrieval.base import SearchBackend
 from mem1_core.retrieval.bm25 import BM25Backend
 from mem1_core.retrieval.client import RetrievalClient, RetrievalError
@@ -119,7 +120,8 @@ def env_factory_for(
             if data_dir is None:
                 raise ValueError("a QA environment needs a data dir with corpus.jsonl, or a backend")
             corpus = load_corpus(Path(data_dir))
-        backend = BM25Backend(corpus)
+        # with a data dir: BM25, dense or hybrid, as the data set was composed (compose.retrieval)
+        backend = data_dir_backend(Path(data_dir), corpus) if data_dir is not None else BM25Backend(corpus)
 
     def factory(task: Task) -> QAEnvironment:
         return QAEnvironment(

@@ -29,7 +29,7 @@ from mem1_core.envs import domains
 from mem1_core.eval.metrics import annotate, is_shop_grid, summarize
 from mem1_core.eval.plots import grid_plots, learning_curve
 from mem1_core.models import load_grammar, load_model, train_tokenizer
-from mem1_core.retrieval.bm25 import BM25Backend
+from mem1_core.retrieval.backends import data_dir_backend
 from mem1_core.rl.ppo import HISTORY_FILE
 
 ORACLE = "oracle"
@@ -127,6 +127,7 @@ def run(
     out_dir: Path,
     model_cfg: ModelConfig | None = None,
     retrieval_url: str | None = None,
+    backend: Any = None,
 ) -> EvalResult:
     """Evaluate `model_dir` (or "oracle") over cfg.objectives x cfg.modes on the eval split."""
     started = time.monotonic()
@@ -144,11 +145,12 @@ def run(
     manifest = compose.load_manifest(data_dir)
     domain = domains.domain_of(data_dir)
 
-    backend: Any = None
-    if retrieval_url or cfg.agent.retrieval_url:
+    if backend is not None:  # a caller's own SearchBackend (e.g. the retrieval bench's dense index)
+        pass
+    elif retrieval_url or cfg.agent.retrieval_url:
         backend = domains.remote_backend(str(retrieval_url or cfg.agent.retrieval_url), data_dir)
     elif domain == "qa":
-        backend = BM25Backend(compose.load_corpus(data_dir))  # one index shared by every cell
+        backend = data_dir_backend(data_dir)  # BM25, dense or hybrid as composed; shared by every cell
     catalog = domains.load_shop_catalog(data_dir, backend) if domain == "shop" else None
     policy, grammar = _build_policy(model_dir, data_dir, cfg.agent, model_cfg, domain)
 
