@@ -36,11 +36,12 @@ def _rss_mb() -> float:
 
 
 def main(results_dir: Path) -> dict[str, float]:
-    from mem1_core.agent.policy import OracleTeacher
+    from mem1_core.agent.qa_oracle import OracleTeacher
     from mem1_core.agent.rollout import run_episodes
     from mem1_core.config import AgentConfig, ComposeConfig
     from mem1_core.data.compose import collect_items, compose_tasks
-    from mem1_core.models import tokenizer_texts, train_tokenizer
+    from mem1_core.envs.qa import tokenizer_texts
+    from mem1_core.models import train_tokenizer
     from mem1_core.rl.sft import make_env_factory
 
     t_start = time.perf_counter()

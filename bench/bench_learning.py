@@ -75,7 +75,8 @@ BAR_RECIPE = "grpo"  # the default estimator carries the bars
 # Files whose change invalidates a cached SFT model (what builds the data, tokenizer, teacher and model).
 SFT_CODE = (
     "mem1_core/rl/sft.py", "mem1_core/rl/pretrain.py", "mem1_core/models.py", "mem1_core/agent/policy.py",
-    "mem1_core/agent/tags.py", "mem1_core/envs/qa.py", "mem1_core/data/compose.py", "mem1_core/data/world.py",
+    "mem1_core/agent/qa_oracle.py", "mem1_core/agent/scripted.py", "mem1_core/protocol/tags.py",
+    "mem1_core/envs/qa.py", "mem1_core/data/compose.py", "mem1_core/data/world.py",
 )  # fmt: skip
 # The demo's config with a learning budget (tens of minutes instead of a few). Scratch runs on this box
 # showed why each: with 300 people and 512 tasks the model memorises the world and writes names it saw
@@ -134,7 +135,7 @@ def _rollouts(
 def episode_stages(tasks: list[Any], trajs: list[Any], grammar: Any) -> dict[str, float]:
     """Where free-running episodes break, per objective j: its document reached an observation, its
     answer was written into some internal state, and the final answer got it right (EM)."""
-    from mem1_core.eval.answers import exact_match
+    from mem1_core.protocol.scoring import exact_match
 
     counts: dict[str, float] = defaultdict(float)
     g = grammar

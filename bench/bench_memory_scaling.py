@@ -19,14 +19,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mem1_core.agent.policy import OracleTeacher  # noqa: E402
+from mem1_core.agent.qa_oracle import OracleTeacher  # noqa: E402
 from mem1_core.agent.rollout import run_episodes  # noqa: E402
 from mem1_core.config import AgentConfig, ComposeConfig  # noqa: E402
 from mem1_core.data.compose import collect_items, compose_tasks  # noqa: E402
-from mem1_core.envs.qa import QAEnvironment  # noqa: E402
-from mem1_core.envs.retrieval import BM25Backend  # noqa: E402
+from mem1_core.envs import domains  # noqa: E402
+from mem1_core.envs.qa import QAEnvironment, tokenizer_texts  # noqa: E402
 from mem1_core.eval.metrics import summarize  # noqa: E402
-from mem1_core.models import tokenizer_texts, train_tokenizer  # noqa: E402
+from mem1_core.models import train_tokenizer  # noqa: E402
+from mem1_core.retrieval.bm25 import BM25Backend  # noqa: E402
 
 OBJECTIVES = (1, 2, 4, 8, 16)
 MODES = ("mem1", "full", "truncate:1")
@@ -53,7 +54,9 @@ def main(results_dir: Path) -> dict[str, float]:
     agent = AgentConfig(temperature=0.0)  # the defaults the eval grid uses (192 new tokens per turn)
 
     def env_factory(task):  # type: ignore[no-untyped-def]
-        return QAEnvironment(task, backend, max_turns=agent.turns_for(task.n_objectives), topk=agent.topk)
+        return QAEnvironment(
+            task, backend, max_turns=domains.turns_for("qa", agent, task.n_objectives), topk=agent.topk
+        )
 
     results: dict[str, float] = {}
     rows = []

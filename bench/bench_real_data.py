@@ -26,8 +26,8 @@ if str(REPO) not in sys.path:
 
 from mem1_core.config import ComposeConfig, EvalConfig, SourceSpec  # noqa: E402
 from mem1_core.data import compose  # noqa: E402
-from mem1_core.envs.retrieval import BM25Backend  # noqa: E402
 from mem1_core.eval import evaluate  # noqa: E402
+from mem1_core.retrieval.bm25 import BM25Backend  # noqa: E402
 
 SHARED = Path(os.environ.get("MEM1_SHARED_DATA", REPO.parent / "shared" / "data"))
 OBJECTIVES = [1, 2, 4, 8]

@@ -15,17 +15,17 @@ def evaluate(
     import json
     from pathlib import Path
 
-    from components import runtime
+    from components import reports, step_config
     from mem1_core.config import EvalConfig, parse_section
     from mem1_core.eval import evaluate as ev
 
     cfg = parse_section(EvalConfig, eval_json, "eval")
     out = Path(results.path)
     ev.run(cfg, Path(dataset.path), Path(model.path), out)
-    flat = runtime.eval_metrics(json.loads((out / "metrics.json").read_text(encoding="utf-8")))
+    flat = step_config.eval_metrics(json.loads((out / "metrics.json").read_text(encoding="utf-8")))
     for key, value in flat.items():
         metrics.log_metric(key, value)
     md = (out / "table.md").read_text(encoding="utf-8")
     Path(table.path).write_text(md, encoding="utf-8")
     pngs = sorted(out.rglob("*.png"))
-    Path(plots.path).write_text(runtime.html_report("MEM1 evaluation", md, pngs), encoding="utf-8")
+    Path(plots.path).write_text(reports.html_report("MEM1 evaluation", md, pngs), encoding="utf-8")

@@ -8,10 +8,10 @@ from kfp import dsl
 
 
 def finish_run(tracking_uri: str, pipeline_job_id: str, status: dsl.PipelineTaskFinalStatus):
-    from components import runtime
+    from components import mlflow_runs
 
     print(f"pipeline {status.pipeline_job_resource_name}: {status.state} {status.error_message or ''}")
-    closed = runtime.finish_parent_run(tracking_uri, pipeline_job_id, status.state)
+    closed = mlflow_runs.finish_parent_run(tracking_uri, pipeline_job_id, status.state)
     print(
         f"MLflow parent run {closed or '(none found: prepare_run failed before creating it)'}: {status.state}"
     )

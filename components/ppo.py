@@ -17,9 +17,9 @@ def ppo_train(
 ):
     from pathlib import Path
 
-    from components import runtime
+    from components import launch
 
-    run_id, last = runtime.train_step(
+    run_id, last = launch.train_step(
         "ppo", ppo_json, tracking_uri, parent_run_id, "ppo_train",
         Path(dataset.path), Path(sft_model.path), model.path, num_nodes, gpus_per_node, launcher,
     )  # fmt: skip

@@ -40,9 +40,9 @@ def prepare_run(
     from collections import namedtuple
     from pathlib import Path
 
-    from components import runtime
+    from components import mlflow_runs, step_config
 
-    cfg = runtime.merge_config(
+    cfg = step_config.merge_config(
         config_json,
         overrides,
         base_model,
@@ -53,14 +53,14 @@ def prepare_run(
         domain,
         tracking_uri,
     )
-    uri = runtime.resolve_tracking_uri(cfg.tracking.tracking_uri or "")
+    uri = mlflow_runs.resolve_tracking_uri(cfg.tracking.tracking_uri or "")
     params = cfg.model_dump(mode="json")
     params["cluster"] = {"num_nodes": num_nodes, "gpus_per_node": gpus_per_node}
-    parent = runtime.start_parent_run(
+    parent = mlflow_runs.start_parent_run(
         uri, experiment or cfg.tracking.experiment, run_name, params, pipeline_job_id
     )
     Path(config.path).write_text(json.dumps(cfg.model_dump(mode="json"), indent=2), encoding="utf-8")
     config.metadata["parent_run_id"] = parent
     out = namedtuple("Sections", "parent_run_id compose sft ppo eval registry tracking_uri")
-    sections = [runtime.section_json(cfg, name) for name in ("compose", "sft", "ppo", "eval", "registry")]
+    sections = [step_config.section_json(cfg, name) for name in ("compose", "sft", "ppo", "eval", "registry")]
     return out(parent, *sections, uri)

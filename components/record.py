@@ -19,11 +19,11 @@ def record_step(
     import json
     from pathlib import Path
 
-    from components import runtime
+    from components import mlflow_runs, step_config
 
-    with runtime.nested_run(tracking_uri, parent_run_id, step, json.loads(section_json)) as run:
+    with mlflow_runs.nested_run(tracking_uri, parent_run_id, step, json.loads(section_json)) as run:
         numeric = {k: float(v) for k, v in metrics.metadata.items() if isinstance(v, int | float)}
-        run.log({runtime.mlflow_metric_key(k): v for k, v in numeric.items()}, 0)
+        run.log({step_config.mlflow_metric_key(k): v for k, v in numeric.items()}, 0)
         tags = {"mem1.artifact_uri": files.uri}
         tags.update(
             {f"mem1.{k}": str(v) for k, v in files.metadata.items() if isinstance(v, str | int | float)}

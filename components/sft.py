@@ -16,9 +16,9 @@ def sft_warmup(
 ):
     from pathlib import Path
 
-    from components import runtime
+    from components import launch
 
-    run_id, last = runtime.train_step(
+    run_id, last = launch.train_step(
         "sft", sft_json, tracking_uri, parent_run_id, "sft_warmup",
         Path(dataset.path), None, model.path, num_nodes, gpus_per_node, launcher,
     )  # fmt: skip

@@ -14,7 +14,8 @@ from mem1_core.config import ConfigError
 
 COMMANDS: dict[str, str] = {
     "compose": "compose N-objective tasks and the retrieval corpus from QA sources",
-    "serve-retrieval": "serve a corpus over HTTP (POST /retrieve, GET /healthz)",
+    "build-index": "build the dense retrieval index (faiss over passage embeddings) of a corpus",
+    "serve-retrieval": "serve BM25, dense or hybrid search over HTTP (POST /retrieve, GET /healthz)",
     "rollout": "run the agent (a model or the oracle) in mem1/full/truncate:k mode and print metrics",
     "sft": "SFT warm-up on teacher trajectories (TRL SFTTrainer), after sft.pretrain.steps of causal-LM "
     "pre-training for a tiny model",

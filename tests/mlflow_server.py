@@ -215,9 +215,9 @@ def make_model_dir(out: Path, data_dir: Path, seed: int = 0) -> Path:
     """A tiny random Qwen2 model with a BPE tokenizer trained on the corpus, saved by models.save_model."""
     import json
 
-    from mem1_core.agent.tags import DEFAULT_GRAMMAR
     from mem1_core.config import TinyModelConfig
     from mem1_core.models import build_tiny_model, save_model, train_tokenizer
+    from mem1_core.protocol.tags import DEFAULT_GRAMMAR
 
     texts = [json.loads(line)["contents"] for line in (data_dir / "corpus.jsonl").read_text().splitlines()]
     tokenizer = train_tokenizer(texts, vocab_size=400, grammar=DEFAULT_GRAMMAR)

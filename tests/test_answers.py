@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mem1_core.eval.answers import exact_match, f1, normalize_answer
+from mem1_core.protocol.scoring import exact_match, f1, normalize_answer
 
 
 @pytest.mark.parametrize(

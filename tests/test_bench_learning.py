@@ -10,7 +10,7 @@ import pytest
 from bench.bar import BarMissed
 from bench.bench_learning import SLOTS, _slot, main
 from bench.stats import fisher_greater, paired_greater
-from mem1_core.agent.tags import DEFAULT_GRAMMAR as G
+from mem1_core.protocol.tags import DEFAULT_GRAMMAR as G
 
 
 def test_fisher_greater_matches_the_hypergeometric_tail() -> None:
@@ -128,7 +128,8 @@ def test_episode_stages_are_all_one_for_the_oracle_and_catch_a_lost_answer(tmp_p
     from bench.bench_learning import episode_stages
     from mem1_core.config import AgentConfig, ComposeConfig, WorldConfig
     from mem1_core.data import compose
-    from mem1_core.models import tokenizer_texts, train_tokenizer
+    from mem1_core.envs.qa import tokenizer_texts
+    from mem1_core.models import train_tokenizer
     from mem1_core.rl import sft
 
     data = tmp_path / "data"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from components import build, runtime
+from components import build, launch, mlflow_runs, step_config
 from components.images import Images
 from mem1_core.config import ConfigError, PipelineConfig, load_config
 
@@ -19,12 +19,12 @@ def tiny_json() -> str:
 
 
 def test_merge_keeps_config_when_parameters_are_empty() -> None:
-    cfg = runtime.merge_config(tiny_json())
+    cfg = step_config.merge_config(tiny_json())
     assert cfg == load_config(REPO / "configs/local-tiny.yaml")
 
 
 def test_named_parameters_and_overrides_win_in_order() -> None:
-    cfg = runtime.merge_config(
+    cfg = step_config.merge_config(
         tiny_json(),
         overrides={"ppo.steps": 3, "sft.model.base_model": "from-overrides"},
         base_model="Qwen/Qwen2.5-7B",
@@ -46,23 +46,23 @@ def test_named_parameters_and_overrides_win_in_order() -> None:
 
 def test_bad_parameters_name_the_field() -> None:
     with pytest.raises(ConfigError, match=r"ppo\.steps"):
-        runtime.merge_config(tiny_json(), overrides={"ppo.steps": 0})
+        step_config.merge_config(tiny_json(), overrides={"ppo.steps": 0})
     with pytest.raises(ConfigError, match="config_json: not valid JSON"):
-        runtime.merge_config("{not json")
+        step_config.merge_config("{not json")
     with pytest.raises(ConfigError, match=r"compose\.train_objectives"):
-        runtime.merge_config(tiny_json(), train_objectives=[99])
+        step_config.merge_config(tiny_json(), train_objectives=[99])
     with pytest.raises(ConfigError, match="sources_json"):
-        runtime.merge_config(tiny_json(), sources_json="[")
+        step_config.merge_config(tiny_json(), sources_json="[")
     with pytest.raises(ConfigError, match="not a section"):
-        runtime.merge_config(tiny_json(), overrides={"domain.x": 1})
+        step_config.merge_config(tiny_json(), overrides={"domain.x": 1})
 
 
 def test_section_json_is_canonical_so_caches_hit() -> None:
-    a = runtime.merge_config(tiny_json())
+    a = step_config.merge_config(tiny_json())
     b = PipelineConfig.model_validate(json.loads(tiny_json()))
-    for name in runtime.SECTIONS:
-        assert runtime.section_json(a, name) == runtime.section_json(b, name)
-    assert json.loads(runtime.section_json(a, "ppo"))["steps"] == a.ppo.steps
+    for name in step_config.SECTIONS:
+        assert step_config.section_json(a, name) == step_config.section_json(b, name)
+    assert json.loads(step_config.section_json(a, "ppo"))["steps"] == a.ppo.steps
 
 
 def test_eval_metrics_flatten_grid_rows() -> None:
@@ -74,7 +74,7 @@ def test_eval_metrics_flatten_grid_rows() -> None:
         "config": {"n": 1},
         "seconds": 3.0,
     }
-    flat = runtime.eval_metrics(data)
+    flat = step_config.eval_metrics(data)
     assert flat == {"em.n2.mem1": 0.5, "peak_tokens.n2.mem1": 300.0, "em.n2.truncate_1": 0.25, "seconds": 3.0}
 
 
@@ -82,17 +82,17 @@ def test_parent_run_nested_steps_and_exit_handler_close(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = runtime.merge_config(tiny_json())
-    parent = runtime.start_parent_run(
+    cfg = step_config.merge_config(tiny_json())
+    parent = mlflow_runs.start_parent_run(
         uri, "exp", "run-1", cfg.model_dump(mode="json"), pipeline_job_id="job-42"
     )
-    with runtime.nested_run(uri, parent, "sft_warmup", {"epochs": 1}) as step:
+    with mlflow_runs.nested_run(uri, parent, "sft_warmup", {"epochs": 1}) as step:
         step.log({"loss": 1.5}, 0)
         step.log({"loss": 1.0}, 1)
-    with pytest.raises(RuntimeError), runtime.nested_run(uri, parent, "ppo_train", {}):
+    with pytest.raises(RuntimeError), mlflow_runs.nested_run(uri, parent, "ppo_train", {}):
         raise RuntimeError("boom")
-    assert runtime.finish_parent_run(uri, "job-42", "FAILED") == parent
-    assert runtime.finish_parent_run(uri, "no-such-job", "SUCCEEDED") is None
+    assert mlflow_runs.finish_parent_run(uri, "job-42", "FAILED") == parent
+    assert mlflow_runs.finish_parent_run(uri, "no-such-job", "SUCCEEDED") is None
 
     client = MlflowClient(tracking_uri=uri)
     p = client.get_run(parent)
@@ -111,11 +111,11 @@ def test_parent_run_nested_steps_and_exit_handler_close(tmp_path: Path) -> None:
 
 def test_train_rejects_bad_requests(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown training step"):
-        runtime.train("dpo", "{}", tmp_path, tmp_path, None, None)
+        launch.train("dpo", "{}", tmp_path, tmp_path, None, None)
     with pytest.raises(ValueError, match="ppo needs the SFT model"):
-        runtime.train("ppo", "{}", tmp_path, tmp_path, None, None)
+        launch.train("ppo", "{}", tmp_path, tmp_path, None, None)
     with pytest.raises(RuntimeError, match="MEM1_NAMESPACE"):  # multi-node outside a compiled pipeline
-        runtime.train("sft", "{}", tmp_path, tmp_path / "out", None, None, num_nodes=2)
+        launch.train("sft", "{}", tmp_path, tmp_path / "out", None, None, num_nodes=2)
 
 
 def test_images_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

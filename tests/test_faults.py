@@ -212,13 +212,15 @@ class _Counting:
 
 
 def test_rollout_survives_a_retrieval_server_restart(assets: dict[str, Path]) -> None:
-    from mem1_core.agent.policy import OracleTeacher
+    from mem1_core.agent.qa_oracle import OracleTeacher
     from mem1_core.agent.rollout import run_episodes
     from mem1_core.data import compose
+    from mem1_core.envs import domains
     from mem1_core.envs.qa import QAEnvironment
-    from mem1_core.envs.retrieval import BM25Backend
-    from mem1_core.envs.server import RetrievalClient, start_background
     from mem1_core.models import train_tokenizer
+    from mem1_core.retrieval.bm25 import BM25Backend
+    from mem1_core.retrieval.client import RetrievalClient
+    from mem1_core.retrieval.server import start_background
 
     docs = compose.load_corpus(assets["data"])
     tasks = compose.load_tasks(assets["data"], "train")[:6]
@@ -227,7 +229,9 @@ def test_rollout_survives_a_retrieval_server_restart(assets: dict[str, Path]) ->
     agent = AgentConfig(max_new_tokens=200, temperature=0.0, batch_size=8)
 
     def run(backend):  # type: ignore[no-untyped-def]
-        factory = lambda t: QAEnvironment(t, backend, max_turns=agent.turns_for(t.n_objectives))  # noqa: E731
+        def factory(t):  # type: ignore[no-untyped-def]
+            return QAEnvironment(t, backend, max_turns=domains.turns_for("qa", agent, t.n_objectives))
+
         return run_episodes(tasks, factory, policy, agent, mode="mem1", progress=False)
 
     first = start_background(bm25)

@@ -15,16 +15,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mem1_core.agent import tags
-from mem1_core.agent.policy import OracleTeacher
+from mem1_core.agent.qa_oracle import OracleTeacher
 from mem1_core.agent.rollout import run_episodes
-from mem1_core.agent.tags import DEFAULT_GRAMMAR
 from mem1_core.agent.types import PolicyInput, PolicyOutput
 from mem1_core.config import AgentConfig, WorldConfig
 from mem1_core.data.types import Document, Objective, Task
 from mem1_core.data.world import build_world
-from mem1_core.envs.qa import QAEnvironment
-from mem1_core.envs.retrieval import BM25Backend
+from mem1_core.envs.qa import QAEnvironment, qa_prompt
+from mem1_core.protocol import tags
+from mem1_core.protocol.tags import DEFAULT_GRAMMAR
+from mem1_core.retrieval.bm25 import BM25Backend
 
 G = DEFAULT_GRAMMAR
 TAG_PIECES = [
@@ -198,7 +198,7 @@ def tokenizer():  # type: ignore[no-untyped-def]
     from mem1_core.models import train_tokenizer
 
     docs, tasks = _corpus(inject=True)
-    texts = [d.contents for d in docs] + [tags.qa_prompt(t.questions, 6) for t in tasks]
+    texts = [d.contents for d in docs] + [qa_prompt(t.questions, 6) for t in tasks]
     return train_tokenizer(texts * 4, 400)
 
 
@@ -213,7 +213,8 @@ def _rollout(policy, inject: bool, backend_kind: str = "bm25"):  # type: ignore[
     backend = BM25Backend(docs)
     server = None
     if backend_kind == "http":
-        from mem1_core.envs.server import RetrievalClient, start_background
+        from mem1_core.retrieval.client import RetrievalClient
+        from mem1_core.retrieval.server import start_background
 
         server = start_background(backend)
         backend = RetrievalClient(server.url)  # type: ignore[assignment]

@@ -19,7 +19,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "manifests"
 K8S_VERSION = "1.32.0"
-TARGETS = ("base", "overlays/gpu-pool")
+TARGETS = ("base", "overlays/gpu-pool", "overlays/index-from-artifact-store")
 
 
 def _json_pointer_add(doc: Any, path: str, value: Any, replace: bool) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from mem1_core.agent.tags import DEFAULT_GRAMMAR, REFERENCE_GRAMMAR
 from mem1_core.config import ModelConfig, TinyModelConfig
 from mem1_core.models import (
     MANIFEST,
@@ -20,6 +19,7 @@ from mem1_core.models import (
     train_tokenizer,
     write_manifest,
 )
+from mem1_core.protocol.tags import DEFAULT_GRAMMAR, REFERENCE_GRAMMAR
 
 TEXTS = [
     "Who directed the film Blue Harbor? Blue Harbor was directed by Zimi Zojo in 1965.",

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mem1_core.agent.policy import UNKNOWN, HFPolicy, OracleTeacher
-from mem1_core.agent.tags import DEFAULT_GRAMMAR, format_info, parse_turn, qa_prompt
+from mem1_core.agent.policy import HFPolicy
+from mem1_core.agent.qa_oracle import UNKNOWN, OracleTeacher
 from mem1_core.agent.types import PolicyInput
 from mem1_core.config import TinyModelConfig
 from mem1_core.data.types import Objective, Task
+from mem1_core.envs.qa import qa_prompt
 from mem1_core.models import build_tiny_model, train_tokenizer
+from mem1_core.protocol.tags import DEFAULT_GRAMMAR, format_info, parse_turn
 
 TEXTS = [
     "Who directed the film Blue Harbor? Blue Harbor was directed by Zimi Zojo in 1965.",

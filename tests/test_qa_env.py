@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from mem1_core.agent.tags import REFERENCE_GRAMMAR, parse_turn
 from mem1_core.config import WorldConfig
 from mem1_core.data.types import Document, Objective, QAItem, Task
 from mem1_core.data.world import build_world
 from mem1_core.envs.base import Environment
 from mem1_core.envs.qa import QAEnvironment, format_passages, score_answers
-from mem1_core.envs.retrieval import BM25Backend, Hit
+from mem1_core.protocol.tags import REFERENCE_GRAMMAR, parse_turn
+from mem1_core.retrieval.base import Hit
+from mem1_core.retrieval.bm25 import BM25Backend
 
 
 def _task(items: list[QAItem], task_id: str = "t0") -> Task:

@@ -54,7 +54,7 @@ def eval_dir(root: Path, name: str, em: float, objectives: int = 2, mode: str = 
 def answers_before_registration(
     model_dir: Path, data_dir: Path, agent: AgentConfig = AGENT
 ) -> list[dict[str, object]]:
-    from mem1_core.envs.retrieval import BM25Backend
+    from mem1_core.retrieval.bm25 import BM25Backend
 
     model, tokenizer = load_model(model_dir)
     backend = BM25Backend(registry.read_corpus(data_dir / "corpus.jsonl"))

@@ -7,7 +7,8 @@ import pytest
 from mem1_core.config import WorldConfig
 from mem1_core.data.types import Document
 from mem1_core.data.world import build_world
-from mem1_core.envs.retrieval import BM25Backend, Hit
+from mem1_core.retrieval.base import Hit
+from mem1_core.retrieval.bm25 import BM25Backend
 
 
 @pytest.fixture(scope="module")

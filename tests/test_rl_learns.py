@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from rl_helpers import compose_small, untrained_tiny_model
 
-from mem1_core.agent.tags import DEFAULT_GRAMMAR
 from mem1_core.config import PPOConfig
 from mem1_core.data.types import Task
 from mem1_core.envs.base import StepResult
+from mem1_core.protocol.tags import DEFAULT_GRAMMAR
 from mem1_core.rl import ppo
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

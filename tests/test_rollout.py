@@ -9,17 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from mem1_core.agent.policy import HFPolicy, OracleTeacher
+from mem1_core.agent.policy import HFPolicy
+from mem1_core.agent.qa_oracle import OracleTeacher
 from mem1_core.agent.rollout import build_context, run_episodes
-from mem1_core.agent.tags import qa_prompt
 from mem1_core.agent.types import PolicyInput, PolicyOutput, Trajectory
 from mem1_core.config import AgentConfig, ComposeConfig, ModelConfig, TinyModelConfig, WorldConfig
 from mem1_core.data.compose import collect_items, compose_tasks
 from mem1_core.data.types import Task
-from mem1_core.envs.qa import QAEnvironment
-from mem1_core.envs.retrieval import BM25Backend
+from mem1_core.envs import domains
+from mem1_core.envs.qa import QAEnvironment, qa_prompt
 from mem1_core.eval.metrics import summarize
 from mem1_core.models import build_tiny_model, load_model, save_model, train_tokenizer
+from mem1_core.retrieval.bm25 import BM25Backend
 
 OBJECTIVES = [1, 2, 4, 8, 16]
 AGENT = AgentConfig(temperature=0.0, max_new_tokens=256)
@@ -47,7 +48,9 @@ def data():
 
 
 def _env_factory(data, agent: AgentConfig = AGENT):
-    return lambda task: QAEnvironment(task, data["backend"], max_turns=agent.turns_for(task.n_objectives))
+    return lambda task: QAEnvironment(
+        task, data["backend"], max_turns=domains.turns_for("qa", agent, task.n_objectives)
+    )
 
 
 def _by_n(tasks: list[Task], n: int) -> list[Task]:
@@ -85,7 +88,7 @@ def test_contexts_are_the_exact_concatenated_ids_of_the_kept_turns(data, mode: s
     trajs = run_episodes(_by_n(data["eval"], 4), _env_factory(data), oracle, AGENT, mode, progress=False)
     keep = {"mem1": 1, "full": None, "truncate:2": 2}[mode]
     for traj in trajs:
-        text = qa_prompt(_questions(data, traj), AGENT.turns_for(4))
+        text = qa_prompt(_questions(data, traj), domains.turns_for("qa", AGENT, 4))
         prompt = tok.encode(text, add_special_tokens=False)
         assert traj.prompt_len == len(prompt) and len(traj.turns) > 3
         history: list[tuple[list[int], list[int]]] = []
@@ -217,7 +220,7 @@ def test_cli_rollout_with_the_oracle_and_with_a_saved_model(data, tmp_path: Path
 def test_oracle_on_real_hotpotqa_and_nq(shared_data: Path) -> None:
     """Real questions over their real passages: the teacher stays well-formed and finds the support."""
     from mem1_core.config import SourceSpec
-    from mem1_core.models import tokenizer_texts
+    from mem1_core.envs.qa import tokenizer_texts
 
     cfg = ComposeConfig(
         sources=[
@@ -233,7 +236,7 @@ def test_oracle_on_real_hotpotqa_and_nq(shared_data: Path) -> None:
     train, evals = compose_tasks(items, cfg)
     oracle = OracleTeacher(train_tokenizer(tokenizer_texts(train, docs), 2048))
     backend = BM25Backend(docs)
-    factory = lambda t: QAEnvironment(t, backend, max_turns=AGENT.turns_for(t.n_objectives))  # noqa: E731
+    factory = lambda t: QAEnvironment(t, backend, max_turns=domains.turns_for("qa", AGENT, t.n_objectives))  # noqa: E731
     trajs = run_episodes(evals, factory, oracle, AGENT, "mem1", progress=False)
     s = summarize(trajs)
     assert s["format_error"] == 0.0

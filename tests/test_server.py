@@ -11,8 +11,10 @@ import requests
 from mem1_core.config import WorldConfig
 from mem1_core.data.types import Document
 from mem1_core.data.world import build_world
-from mem1_core.envs.retrieval import BM25Backend, Hit
-from mem1_core.envs.server import RetrievalClient, RetrievalError, _parse_document, start_background
+from mem1_core.retrieval.base import Hit
+from mem1_core.retrieval.bm25 import BM25Backend
+from mem1_core.retrieval.client import RetrievalClient, RetrievalError, _parse_document
+from mem1_core.retrieval.server import start_background
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import pytest
 
 from mem1_core.agent.rollout import run_episodes
 from mem1_core.agent.shop_oracle import ShopOracleTeacher
-from mem1_core.agent.tags import parse_turn
 from mem1_core.config import AgentConfig
 from mem1_core.data.shop_catalog import (
     Catalog,
@@ -22,6 +21,7 @@ from mem1_core.data.shop_catalog import (
 )
 from mem1_core.envs.shop import ShopEnvironment, make_shop_env_factory, shop_prompt
 from mem1_core.models import train_tokenizer
+from mem1_core.protocol.tags import parse_turn
 
 AGENT = AgentConfig(temperature=0.0, max_new_tokens=96)  # oracle turns fit well under the default
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mem1_core.agent.tags import DEFAULT_GRAMMAR, parse_turn
 from mem1_core.data.shop_catalog import Catalog, Product, ShopGoal, build_catalog, make_goals, shop_task
 from mem1_core.envs.shop import ShopEnvironment, make_shop_env_factory, shop_reward, title_score
+from mem1_core.protocol.tags import DEFAULT_GRAMMAR, parse_turn
 
 TEE = Product(
     asin="B0TEE",

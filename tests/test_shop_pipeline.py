@@ -91,16 +91,18 @@ def test_compose_reads_real_webshop_files(tmp_path: Path) -> None:
 
 
 def test_pipeline_domain_reaches_compose() -> None:
-    from components import runtime
+    from components import step_config
 
     plain = json.dumps(PipelineConfig().model_dump(mode="json"))
     for cfg in (
-        runtime.merge_config(plain, domain="shop"),
-        runtime.merge_config(plain, overrides={"domain": "shop"}),
+        step_config.merge_config(plain, domain="shop"),
+        step_config.merge_config(plain, overrides={"domain": "shop"}),
         PipelineConfig(domain="shop"),
     ):
-        assert cfg.domain == "shop" and json.loads(runtime.section_json(cfg, "compose"))["domain"] == "shop"
-    assert runtime.merge_config(plain).compose.domain == "qa"
+        assert (
+            cfg.domain == "shop" and json.loads(step_config.section_json(cfg, "compose"))["domain"] == "shop"
+        )
+    assert step_config.merge_config(plain).compose.domain == "qa"
     with pytest.raises(ValueError, match="disagree"):
         PipelineConfig.model_validate({"domain": "qa", "compose": {"domain": "shop"}})
     from mem1_core.config import load_config

@@ -7,7 +7,7 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mem1_core.agent.tags import (
+from mem1_core.protocol.tags import (
     DEFAULT_GRAMMAR,
     MAX_PARSE_CHARS,
     REFERENCE_GRAMMAR,
@@ -143,7 +143,7 @@ def test_split_answers_is_tolerant() -> None:
 
 def test_prompt_lists_each_question_under_the_marker_the_state_uses() -> None:
     """`Qj: ...` lines, last: the oracle state's open question `Qj: <question>` then copies one line."""
-    from mem1_core.agent.tags import qa_prompt
+    from mem1_core.envs.qa import qa_prompt
 
     prompt = qa_prompt(["Who founded Acme Labs?", "  In which city was Ada Vole born? "], 6)
     assert prompt.endswith(

@@ -24,7 +24,7 @@ import yaml
 from kubernetes import client
 from referencing import Registry, Resource
 
-from pipelines.trainjob import (
+from components.trainjob import (
     PYTORCHJOB,
     TRAINJOB,
     JobFailed,
@@ -334,7 +334,7 @@ def test_run_distributed_step_stages_workspace_and_copies_model_back(tmp_path: P
 
 @pytest.mark.parametrize("kind", ["sft", "ppo"])
 def test_workers_default_to_zero3_unless_the_step_names_a_deepspeed_config(kind: str, tmp_path: Path) -> None:
-    from components.runtime import step_command, write_step_config
+    from components.worker import step_command, write_step_config
 
     plain = write_step_config(kind, json.dumps({"seed": 0}), tmp_path / "plain.yaml")
     args = step_command(kind, plain, tmp_path / "data", None, tmp_path / "out")

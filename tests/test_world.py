@@ -8,7 +8,7 @@ import pytest
 
 from mem1_core.config import WorldConfig
 from mem1_core.data.world import build_world
-from mem1_core.eval.answers import exact_match, f1, normalize_answer
+from mem1_core.protocol.scoring import exact_match, f1, normalize_answer
 
 SMALL = WorldConfig(seed=3, n_people=60, n_films=30, n_cities=10, n_companies=12)
 

@@ -19,11 +19,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mem1_core.agent.policy import ScriptedTeacher
-from mem1_core.agent.tags import DEFAULT_GRAMMAR, TagGrammar
+from mem1_core.agent.scripted import ScriptedTeacher
 from mem1_core.agent.types import PolicyInput
 from mem1_core.data.shop_catalog import ShopGoal, goals_from_task, normalize_text
 from mem1_core.envs.shop import BACK_TO_SEARCH, BUY_NOW, NEXT_PAGE, PREV_PAGE
+from mem1_core.protocol.tags import DEFAULT_GRAMMAR, TagGrammar
 
 MAX_PAGES = 3  # pages of results looked through before searching again
 MAX_TRIES = 2  # knows_target: 1: attribute keywords, 2: the target's title; beyond: the best result seen

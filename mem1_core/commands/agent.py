@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
     from typing import Any
 
+    # lazy: `mem1 agent --help` must not pay for what the step imports (torch, mlflow, kfp)
     from mem1_core import registry
     from mem1_core.config import AgentConfig, ConfigError, PipelineConfig, load_config
 
@@ -55,17 +56,20 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{corpus}: corpus not found")
     backend: Any = None
     if args.retrieval_url:
-        from mem1_core.envs.server import RetrievalClient
+        # lazy: `mem1 agent --help` must not pay for what the step imports (torch, mlflow, kfp)
+        from mem1_core.retrieval.client import RetrievalClient
 
         backend = RetrievalClient(args.retrieval_url)
     elif corpus is not None:
+        # lazy: `mem1 agent --help` must not pay for what the step imports (torch, mlflow, kfp)
         from mem1_core.data.sources import load_corpus_file
-        from mem1_core.envs.retrieval import BM25Backend
+        from mem1_core.retrieval.bm25 import BM25Backend
 
         backend = BM25Backend(load_corpus_file(corpus))
 
     domain, catalog = "qa", None
     if args.model.startswith(("models:/", "runs:/")):
+        # lazy: `mem1 agent --help` must not pay for what the step imports (torch, mlflow, kfp)
         from mem1_core.tracking import TrackingError, resolve_tracking_uri
 
         cfg = load_config(args.config) if args.config else PipelineConfig()
@@ -86,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         elif backend is None:
             backend = agent_model._backend(None)
     else:
+        # lazy: `mem1 agent --help` must not pay for what the step imports (torch, mlflow, kfp)
         from mem1_core.envs import domains
         from mem1_core.models import load_grammar, load_model
 

@@ -7,7 +7,8 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
-        "Writes train.parquet, eval.parquet, corpus.jsonl and manifest.json (with the sha256 dataset_hash). "
+        "Writes train.parquet, eval.parquet, corpus.jsonl and manifest.json (with the sha256 dataset_hash), "
+        "and index/ (the dense index) when compose.retrieval.kind is dense or hybrid. "
         "Example: mem1 compose --config configs/local-tiny.yaml --out runs/data "
         "--set compose.n_train_tasks=64"
     )
@@ -28,11 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    # lazy: `mem1 compose --help` must not pay for what the step imports (torch, mlflow, kfp)
     from mem1_core.commands.overrides import config_from_args
     from mem1_core.data import compose
+    from mem1_core.retrieval.backends import build_data_dir_index
 
     cfg = config_from_args(args).compose
     result = compose.run(cfg, Path(args.out))
+    index = build_data_dir_index(Path(args.out), cfg.retrieval)  # dense / hybrid only
     counts = result.manifest["counts"]
     per_n = ", ".join(f"{n}:{k}" for n, k in counts["eval_tasks_per_objective"].items())
     sources = ", ".join(f"{s}={k}" for s, k in counts["sources"].items())
@@ -44,5 +48,9 @@ def run(args: argparse.Namespace) -> int:
     n_eval_q = counts["eval_questions"]
     print(f"  eval        {result.n_eval_tasks} tasks (objectives:tasks {per_n}), {n_eval_q} questions")
     print(f"  corpus      {result.n_documents} documents")
+    if index:
+        mib = index["index_bytes"] / 2**20
+        dim = index["index_dimension"]
+        print(f"  index       {cfg.retrieval.kind}: {cfg.retrieval.encoder}, dim {dim}, {mib:.1f} MiB")
     print(f"  dataset_hash {result.dataset_hash}")
     return 0

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from mem1_core.config import PipelineConfig
+from mem1_core.config import ConfigError, PipelineConfig, load_config
 
 
 def parse_assignments(items: list[str], what: str = "--set", form: str = "KEY=VALUE") -> dict[str, Any]:
@@ -29,8 +28,6 @@ def parse_assignments(items: list[str], what: str = "--set", form: str = "KEY=VA
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """The pipeline config from `--config` and `--set`; a malformed `--set` is a ConfigError."""
-    from mem1_core.config import ConfigError, load_config
-
     try:
         overrides = parse_assignments(args.set)
     except ValueError as e:

@@ -66,12 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_assignments(items: list[str], what: str) -> dict[str, object]:
     """NAME=VALUE pairs; values are JSON when they parse (numbers, lists, booleans), else strings."""
+    # lazy: `mem1 pipeline --help` must not pay for what the step imports (torch, mlflow, kfp)
     from mem1_core.commands.overrides import parse_assignments as parse
 
     return parse(items, what, "NAME=VALUE")
 
 
 def _tolerations(specs: list[str] | None):  # type: ignore[no-untyped-def]
+    # lazy: `mem1 pipeline --help` must not pay for what the step imports (torch, mlflow, kfp)
     from pipelines.mem1_pipeline import Toleration
 
     out = []
@@ -97,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    # lazy: `mem1 pipeline --help` must not pay for what the step imports (torch, mlflow, kfp)
     from components.images import Images
     from mem1_core.config import load_config
     from pipelines.mem1_pipeline import ClusterOptions
@@ -121,6 +124,7 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    # lazy: `mem1 pipeline --help` must not pay for what the step imports (torch, mlflow, kfp)
     from pipelines.run import submit
 
     package = Path(args.package)
@@ -140,6 +144,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _local(args: argparse.Namespace) -> int:
+    # lazy: `mem1 pipeline --help` must not pay for what the step imports (torch, mlflow, kfp)
     from mem1_core.config import load_config
     from pipelines.local_output import summary_lines
     from pipelines.run import run_local

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    # lazy: `mem1 ppo --help` must not pay for what the step imports (torch, mlflow, kfp)
     from mem1_core.commands.overrides import config_from_args
     from mem1_core.commands.sft import print_metrics
     from mem1_core.eval.plots import learning_curve

@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    # lazy: `mem1 register --help` must not pay for what the step imports (torch, mlflow, kfp)
     from mem1_core import registry
     from mem1_core.commands.overrides import config_from_args
     from mem1_core.tracking import Tracker, TrackingError

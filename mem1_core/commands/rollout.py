@@ -52,8 +52,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
+    # lazy: `mem1 rollout --help` must not pay for what the step imports (torch, mlflow, kfp)
     from mem1_core.agent.policy import HFPolicy
     from mem1_core.agent.rollout import run_episodes
+    from mem1_core.agent.teachers import teacher_for
     from mem1_core.config import (
         AgentConfig,
         ComposeConfig,
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                 train = compose.load_tasks(data_dir, "train")
                 texts = domains.tokenizer_texts(domain, train, documents, grammar)
                 tokenizer = train_tokenizer(texts, cfg.sft.model.tiny.vocab_size, grammar)
-            policy: Any = domains.teacher_for(domain, tokenizer, grammar)
+            policy: Any = teacher_for(domain, tokenizer, grammar)
         else:
             model, tokenizer = load_model(args.model, cfg.sft.model)
             grammar = load_grammar(args.model)
@@ -124,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
 
         backend: Any = None
         if args.retrieval_url:
-            from mem1_core.envs.server import RetrievalClient
+            # lazy: `mem1 rollout --help` must not pay for what the step imports (torch, mlflow, kfp)
+            from mem1_core.retrieval.client import RetrievalClient
 
             backend = RetrievalClient(args.retrieval_url)
         env_factory = domains.env_factory_for(domain, data_dir, agent, grammar, backend, corpus=documents)

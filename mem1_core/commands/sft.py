@@ -29,6 +29,7 @@ def print_metrics(metrics: dict[str, float], step: int) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    # lazy: `mem1 sft --help` must not pay for what the step imports (torch, mlflow, kfp)
     from mem1_core.commands.overrides import config_from_args
     from mem1_core.rl import sft
 

@@ -19,10 +19,11 @@ from typing import Any
 from tqdm import tqdm
 
 from mem1_core.config import ComposeConfig
+from mem1_core.data import shop_catalog as sc
 from mem1_core.data.sources import DataError, load_corpus_file, load_source
 from mem1_core.data.types import Document, Objective, QAItem, Task
 from mem1_core.data.world import build_world
-from mem1_core.eval.answers import normalize_answer
+from mem1_core.protocol.scoring import normalize_answer
 
 SPLITS = ("train", "eval")
 DATA_FILES = ("train.parquet", "eval.parquet", "corpus.jsonl")
@@ -179,8 +180,6 @@ def compose_shop(cfg: ComposeConfig) -> tuple[Any, list[Task], list[Task], int]:
     """(catalogue, train tasks, eval tasks, number of goals) for the shop domain, deterministic in the
     seeds. Real WebShop files when `cfg.shop.products_path` is set, else the seeded catalogue; eval
     instructions target products never bought in training."""
-    from mem1_core.data import shop_catalog as sc
-
     shop = cfg.shop
     try:
         if shop.products_path:

@@ -135,10 +135,11 @@ class ShopGoal:
 
 
 class Catalog:
-    """The products of one shop, indexed by ASIN, with a search backend built on first use.
+    """The products of one shop, indexed by ASIN, searched through the backend it is given.
 
-    `backend` is any envs.retrieval SearchBackend over `documents()` (e.g. a RetrievalClient);
-    by default an in-process BM25 index over product texts.
+    `backend` is any retrieval SearchBackend over `documents()` (in-process BM25, a RetrievalClient);
+    data knows no retriever, so whoever searches gives one (`use_backend`; the shop environment
+    builds BM25 over the products when none was given).
     """
 
     def __init__(self, products: Sequence[Product], source: str = "synthetic", backend: Any = None):
@@ -159,14 +160,18 @@ class Catalog:
 
     @property
     def backend(self) -> Any:
-        if self._backend is None:
-            from mem1_core.envs.retrieval import BM25Backend
-
-            self._backend = BM25Backend(self.documents())
+        """The search backend, None until one is given."""
         return self._backend
 
+    def use_backend(self, backend: Any) -> Catalog:
+        """Search with `backend` from now on (e.g. a RetrievalClient instead of in-process BM25)."""
+        self._backend = backend
+        return self
+
     def search(self, query: str, topk: int) -> list[Product]:
-        hits = self.backend.search([query], topk)[0]
+        if self._backend is None:
+            raise ValueError(f"catalogue {self.source}: no search backend; give one with use_backend")
+        hits = self._backend.search([query], topk)[0]
         return [self.by_asin[h.document.id] for h in hits if h.document.id in self.by_asin]
 
     def save(self, path: Path) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mem1_core.agent.tags import TagGrammar
 from mem1_core.data.types import Task
+from mem1_core.protocol.tags import TagGrammar
 
 
 @dataclass

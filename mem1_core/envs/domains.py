@@ -1,4 +1,4 @@
-"""One place that maps a task domain ("qa", "shop") to its environment, teacher, turn budget and texts.
+"""One place that maps a task domain ("qa", "shop") to its environment, turn budget and texts.
 
 Training, evaluation, the rollout CLI and the registered agent all go through here, so a second
 domain needs no fork of the trainers: they read the data dir's domain (manifest.json "domain"; a
@@ -12,10 +12,18 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mem1_core.agent.tags import DEFAULT_GRAMMAR, TagGrammar
 from mem1_core.config import AgentConfig
-from mem1_core.data.compose import SHOP_FILE
+from mem1_core.data.compose import SHOP_FILE, load_corpus, load_manifest
+from mem1_core.data.shop_catalog import Catalog, load_catalog
+from mem1_core.data.sources import DataError
 from mem1_core.data.types import Document, Task
+from mem1_core.envs import qa, shop
+from mem1_core.envs.qa import QAEnvironment
+from mem1_core.protocol.tags import DEFAULT_GRAMMAR, TagGrammar
+from mem1_core.retrieval.backends import data_dir_backend
+from mem1_core.retrieval.base import SearchBackend
+from mem1_core.retrieval.bm25 import BM25Backend
+from mem1_core.retrieval.client import RetrievalClient, RetrievalError
 
 DOMAINS = ("qa", "shop")
 PRODUCTS_FILE = SHOP_FILE
@@ -35,25 +43,19 @@ def domain_of(data_dir: Path) -> str:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        from mem1_core.data.sources import DataError
-
         raise DataError(f"{path}: not valid JSON: {e}") from None
     value = manifest.get("domain", "qa") if isinstance(manifest, dict) else "qa"
     try:
         return check_domain(str(value))
     except ValueError as e:
-        from mem1_core.data.sources import DataError
-
         raise DataError(f"{path}: field 'domain': {e}") from None
 
 
 def default_turns(domain: str, n_objectives: int) -> int:
     """Turn budget when AgentConfig.max_turns is unset: QA 2n+2 (search, answer); shop 7n+2."""
     if check_domain(domain) == "shop":
-        from mem1_core.envs.shop import default_max_turns
-
-        return default_max_turns(n_objectives)
-    return 2 * n_objectives + 2
+        return shop.default_max_turns(n_objectives)
+    return qa.default_max_turns(n_objectives)
 
 
 def turns_for(domain: str, agent_cfg: AgentConfig, n_objectives: int) -> int:
@@ -61,31 +63,21 @@ def turns_for(domain: str, agent_cfg: AgentConfig, n_objectives: int) -> int:
     return agent_cfg.max_turns if agent_cfg.max_turns is not None else default_turns(domain, n_objectives)
 
 
-def load_shop_catalog(data_dir: Path, backend: Any = None) -> Any:
+def load_shop_catalog(data_dir: Path, backend: SearchBackend | None = None) -> Catalog:
     """The data dir's products.jsonl as a Catalog; `backend` (e.g. a RetrievalClient) replaces BM25."""
-    from mem1_core.data.shop_catalog import load_catalog
-
     path = Path(data_dir) / PRODUCTS_FILE
     if not path.is_file():
-        from mem1_core.data.sources import DataError
-
         raise DataError(f"{path}: not found; a shop data dir needs it (run `mem1 compose` with domain shop)")
     catalog = load_catalog(path)
-    if backend is not None:
-        catalog._backend = backend
-    return catalog
+    return catalog.use_backend(backend) if backend is not None else catalog
 
 
-def remote_backend(url: str, data_dir: Path | None, corpus: list[Document] | None = None) -> Any:
+def remote_backend(url: str, data_dir: Path | None, corpus: list[Document] | None = None) -> RetrievalClient:
     """A RetrievalClient for `url`, refused when the server holds a different number of documents than
     the data set's corpus (a server left on another corpus would silently answer from the wrong one)."""
-    from mem1_core.envs.server import RetrievalClient, RetrievalError
-
     client = RetrievalClient(url)
     expected = len(corpus) if corpus is not None else None
     if expected is None and data_dir is not None and (Path(data_dir) / "manifest.json").is_file():
-        from mem1_core.data.compose import load_manifest
-
         # compose counted corpus.jsonl; reading a large corpus only to count it is what a server avoids
         expected = load_manifest(Path(data_dir)).get("counts", {}).get("documents")
     served = client.health().get("documents")
@@ -103,9 +95,9 @@ def env_factory_for(
     data_dir: Path | None,
     agent_cfg: AgentConfig,
     grammar: TagGrammar = DEFAULT_GRAMMAR,
-    backend: Any = None,
+    backend: SearchBackend | None = None,
     corpus: list[Document] | None = None,
-    catalog: Any = None,
+    catalog: Catalog | None = None,
 ) -> Callable[[Task], Any]:
     """The env_factory run_episodes takes. QA: BM25 over the corpus (or `backend`); shop: the catalogue
     (products.jsonl, or `catalog`), searched by BM25 or `backend`. `corpus` skips re-reading corpus.jsonl.
@@ -113,72 +105,47 @@ def env_factory_for(
     if backend is None and agent_cfg.retrieval_url:
         backend = remote_backend(agent_cfg.retrieval_url, data_dir, corpus)
     if check_domain(domain) == "shop":
-        from mem1_core.envs.shop import make_shop_env_factory
-
         if catalog is None:
             if data_dir is None:
                 raise ValueError("a shop environment needs a data dir with products.jsonl, or a catalog")
             catalog = load_shop_catalog(Path(data_dir), backend)
         elif backend is not None:
-            catalog._backend = backend
-        return make_shop_env_factory(catalog, grammar, max_turns=lambda n: turns_for("shop", agent_cfg, n))
-
-    from mem1_core.envs.qa import QAEnvironment
+            catalog.use_backend(backend)
+        return shop.make_shop_env_factory(
+            catalog, grammar, max_turns=lambda n: turns_for("shop", agent_cfg, n)
+        )
 
     if backend is None:
-        from mem1_core.envs.retrieval import BM25Backend
-
         if corpus is None:
             if data_dir is None:
                 raise ValueError("a QA environment needs a data dir with corpus.jsonl, or a backend")
-            from mem1_core.data.compose import load_corpus
-
             corpus = load_corpus(Path(data_dir))
-        backend = BM25Backend(corpus)
+        # with a data dir: BM25, dense or hybrid, as the data set was composed (compose.retrieval)
+        backend = data_dir_backend(Path(data_dir), corpus) if data_dir is not None else BM25Backend(corpus)
 
     def factory(task: Task) -> QAEnvironment:
         return QAEnvironment(
             task,
             backend,
             grammar=grammar,
-            max_turns=agent_cfg.turns_for(task.n_objectives),
+            max_turns=turns_for("qa", agent_cfg, task.n_objectives),
             topk=agent_cfg.topk,
         )
 
     return factory
 
 
-def teacher_for(
-    domain: str, tokenizer: Any, grammar: TagGrammar = DEFAULT_GRAMMAR, for_sft: bool = False
-) -> Any:
-    """The scripted teacher of a domain (a Policy that reads gold data from the task).
-
-    `for_sft`: the teacher SFT imitates, which must act on what a model sees; for shop that is the
-    teacher that does not know the target product (the evaluation oracle does)."""
-    if check_domain(domain) == "shop":
-        from mem1_core.agent.shop_oracle import ShopOracleTeacher
-
-        return ShopOracleTeacher(tokenizer, grammar, knows_target=not for_sft)
-    from mem1_core.agent.policy import OracleTeacher
-
-    return OracleTeacher(tokenizer, grammar)
-
-
 def tokenizer_texts(
     domain: str, tasks: Sequence[Task], documents: Sequence[Document], grammar: TagGrammar = DEFAULT_GRAMMAR
 ) -> Iterator[str]:
     """What a tiny model's tokenizer is trained on: the domain's documents and task prompts."""
-    from mem1_core import models
-
     if check_domain(domain) != "shop":
-        yield from models.tokenizer_texts(tasks, documents, grammar)
+        yield from qa.tokenizer_texts(tasks, documents, grammar)
         return
-    from mem1_core.envs.shop import shop_prompt
-
     for doc in documents:
         yield doc.contents
     for task in tasks:
-        yield shop_prompt(task.questions, default_turns("shop", task.n_objectives), grammar)
+        yield shop.shop_prompt(task.questions, default_turns("shop", task.n_objectives), grammar)
 
 
 def summary_extras(domain: str, trajectories: Sequence[Any]) -> dict[str, float]:

@@ -10,15 +10,56 @@ unparseable, or a search on the last allowed turn, ends the episode with reward 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from mem1_core.agent.tags import DEFAULT_GRAMMAR, FormatError, TagGrammar, format_info, parse_turn, qa_prompt
-from mem1_core.data.types import Task
+from mem1_core.data.types import Document, Task
 from mem1_core.envs.base import StepResult
-from mem1_core.envs.retrieval import Hit, SearchBackend
-from mem1_core.eval.answers import exact_match, f1
+from mem1_core.protocol.scoring import exact_match, f1
+from mem1_core.protocol.tags import DEFAULT_GRAMMAR, FormatError, TagGrammar, format_info, parse_turn
+from mem1_core.retrieval.base import Hit, SearchBackend
 
 MAX_QUERY_CHARS = 2_000  # longer queries are cut before they reach the backend
+
+
+def default_max_turns(n_objectives: int) -> int:
+    """QA's turn budget when none is configured: a search and an answer per objective, plus two."""
+    return 2 * n_objectives + 2
+
+
+def qa_prompt(questions: list[str], max_turns: int, grammar: TagGrammar = DEFAULT_GRAMMAR) -> str:
+    """The task prompt for multi-objective QA, after the reference implementation's wording.
+
+    Instructions first, the questions last (as Search-R1-style prompts end on the question), one per
+    line as `Qj: ...`, the same marker the internal state uses for the open question: the state's
+    `Qj:` then points at its source line instead of a count of `; ` separators. Measured on a 2x128
+    model (scratch runs, ~3 epochs): a 2-objective Q1 query found its document in 16 of 32 greedy
+    episodes, against 9 of 32 with one `; `-joined line (Q2: 0 of 32 either way).
+    """
+    g = grammar
+    n = len(questions)
+    listed = "".join(f"Q{j}: {q.strip()}\n" for j, q in enumerate(questions, start=1))
+    return (
+        f"Answer {n} question{'s' if n > 1 else ''}. "
+        f"Each turn, first write {g.open(g.state)}…{g.close(g.state)}: a cumulative summary of everything "
+        f"you still need, your persistent memory; older turns are erased. Then either search for one "
+        f"question with {g.open(g.query)}…{g.close(g.query)}, or answer all questions at once, in order, "
+        f"separated by '{g.answer_separator} ', with {g.open(g.answer)}…{g.close(g.answer)}. "
+        f"Search results arrive in {g.open(g.info)}…{g.close(g.info)}. You have {max_turns} turns.\n"
+        f"{listed}"
+    )
+
+
+def tokenizer_texts(
+    tasks: Iterable[Task], documents: Iterable[Document], grammar: TagGrammar = DEFAULT_GRAMMAR
+) -> Iterator[str]:
+    """What a tokenizer for the embedded default is trained on: every passage, every task prompt and
+    the gold answers, so questions, titles and answers compress the way contexts will use them."""
+    for doc in documents:
+        yield doc.contents
+    for task in tasks:
+        yield qa_prompt(task.questions, default_max_turns(task.n_objectives), grammar)
+        yield f"{grammar.answer_separator} ".join(a[0] for a in task.gold_answers if a)
 
 
 def format_passages(hits: list[Hit]) -> str:
@@ -66,7 +107,7 @@ class QAEnvironment:
         self.task = task
         self.backend = backend
         self.grammar = grammar
-        self.max_turns = max_turns if max_turns is not None else 2 * task.n_objectives + 2
+        self.max_turns = max_turns if max_turns is not None else default_max_turns(task.n_objectives)
         if self.max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
         self.topk = topk

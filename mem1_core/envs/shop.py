@@ -28,10 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mem1_core.agent.tags import DEFAULT_GRAMMAR, TagGrammar, format_info, parse_turn
 from mem1_core.data.shop_catalog import Catalog, Product, ShopGoal, goals_from_task, normalize_text
 from mem1_core.data.types import Task
 from mem1_core.envs.base import StepResult
+from mem1_core.protocol.tags import DEFAULT_GRAMMAR, TagGrammar, format_info, parse_turn
+from mem1_core.retrieval.bm25 import BM25Backend
 
 ACTION_RE = re.compile(r"^\s*(search|click)\s*\[(.*)\]\s*$", re.S | re.I)
 BACK_TO_SEARCH = "back to search"
@@ -144,6 +145,13 @@ def shop_prompt(instructions: list[str], max_turns: int, grammar: TagGrammar = D
     )
 
 
+def searchable(catalog: Catalog) -> Catalog:
+    """`catalog`, given in-process BM25 over its products on first search when it has no backend."""
+    if catalog.backend is None:
+        catalog.use_backend(BM25Backend(catalog.documents()))
+    return catalog
+
+
 def _price(p: float) -> str:
     return f"${p:.2f}"
 
@@ -253,7 +261,7 @@ class ShopEnvironment:
         if not normalize_text(query):
             return self._invalid("empty search")
         s.query = query[:MAX_QUERY_CHARS]
-        s.hits = self.catalog.search(s.query, MAX_RESULTS)
+        s.hits = searchable(self.catalog).search(s.query, MAX_RESULTS)
         s.page, s.page_no, s.item, s.selected = "results", 0, None, {}
         return self._render()
 

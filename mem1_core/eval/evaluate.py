@@ -20,8 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mem1_core.agent.policy import HFPolicy
+from mem1_core.agent.rollout import run_episodes
+from mem1_core.agent.teachers import teacher_for
 from mem1_core.config import EvalConfig, ModelConfig, parse_mode
-from mem1_core.eval.metrics import is_shop_grid
+from mem1_core.data import compose
+from mem1_core.envs import domains
+from mem1_core.eval.metrics import annotate, is_shop_grid, summarize
+from mem1_core.eval.plots import grid_plots, learning_curve
+from mem1_core.models import load_grammar, load_model, train_tokenizer
+from mem1_core.retrieval.backends import data_dir_backend
+from mem1_core.rl.ppo import HISTORY_FILE
 
 ORACLE = "oracle"
 SAMPLES_PER_CELL = 2
@@ -96,19 +105,13 @@ def _build_policy(
     model_dir: str | Path, data_dir: Path, agent: Any, model_cfg: ModelConfig, domain: str = "qa"
 ) -> tuple[Any, Any]:
     """(policy, grammar): HFPolicy for a model dir or hub id; the domain's oracle teacher for 'oracle'."""
-    from mem1_core.agent.policy import HFPolicy
-    from mem1_core.envs import domains
-    from mem1_core.models import load_grammar, load_model, train_tokenizer
-
     if str(model_dir) == ORACLE:
-        from mem1_core.data import compose
-
         grammar = load_grammar(data_dir)
         texts = domains.tokenizer_texts(
             domain, compose.load_tasks(data_dir, "train"), compose.load_corpus(data_dir), grammar
         )
         tokenizer = train_tokenizer(texts, model_cfg.tiny.vocab_size, grammar)
-        return domains.teacher_for(domain, tokenizer, grammar), grammar
+        return teacher_for(domain, tokenizer, grammar), grammar
     model, tokenizer = load_model(model_dir, model_cfg)
     grammar = load_grammar(model_dir)
     policy = HFPolicy(
@@ -124,15 +127,9 @@ def run(
     out_dir: Path,
     model_cfg: ModelConfig | None = None,
     retrieval_url: str | None = None,
+    backend: Any = None,
 ) -> EvalResult:
     """Evaluate `model_dir` (or "oracle") over cfg.objectives x cfg.modes on the eval split."""
-    from mem1_core.agent.rollout import run_episodes
-    from mem1_core.data import compose
-    from mem1_core.envs import domains
-    from mem1_core.eval.metrics import annotate, summarize
-    from mem1_core.eval.plots import grid_plots, learning_curve
-    from mem1_core.rl.ppo import HISTORY_FILE
-
     started = time.monotonic()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     for m in cfg.modes:
@@ -148,13 +145,12 @@ def run(
     manifest = compose.load_manifest(data_dir)
     domain = domains.domain_of(data_dir)
 
-    backend: Any = None
-    if retrieval_url or cfg.agent.retrieval_url:
+    if backend is not None:  # a caller's own SearchBackend (e.g. the retrieval bench's dense index)
+        pass
+    elif retrieval_url or cfg.agent.retrieval_url:
         backend = domains.remote_backend(str(retrieval_url or cfg.agent.retrieval_url), data_dir)
     elif domain == "qa":
-        from mem1_core.envs.retrieval import BM25Backend
-
-        backend = BM25Backend(compose.load_corpus(data_dir))  # one index shared by every cell
+        backend = data_dir_backend(data_dir)  # BM25, dense or hybrid as composed; shared by every cell
     catalog = domains.load_shop_catalog(data_dir, backend) if domain == "shop" else None
     policy, grammar = _build_policy(model_dir, data_dir, cfg.agent, model_cfg, domain)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from mem1_core.agent.types import Trajectory
-from mem1_core.eval.answers import exact_match, f1
+from mem1_core.protocol.scoring import exact_match, f1
 
 PER_TRAJECTORY = (
     "em",

@@ -51,8 +51,13 @@ from typing import Any
 
 import torch
 
-from mem1_core.config import ModelConfig, PPOConfig
+from mem1_core import models
+from mem1_core.agent.policy import HFPolicy
+from mem1_core.agent.rollout import run_episodes
+from mem1_core.config import ConfigError, ModelConfig, PPOConfig
+from mem1_core.data.compose import load_corpus, load_tasks
 from mem1_core.envs import domains
+from mem1_core.envs.qa import score_answers
 from mem1_core.rl import checkpoint, distributed
 from mem1_core.rl.advantages import gae, group_advantages, group_stats
 from mem1_core.rl.attention import AttentionBackend, resolve_backend
@@ -83,8 +88,6 @@ class Scored:
 
 def _em(traj: Any) -> float:
     """Mean exact match over objectives, from the trajectory's predictions and gold answers."""
-    from mem1_core.envs.qa import score_answers
-
     if not traj.gold:
         return 0.0
     return float(score_answers(list(traj.predictions), [tuple(g) for g in traj.gold])["em"])
@@ -92,8 +95,6 @@ def _em(traj: Any) -> float:
 
 def episode_reward(traj: Any, how: str) -> float:
     """The reward PPO trains on: the environment's, or (QA) mean F1 over objectives, 0 on a format error."""
-    from mem1_core.envs.qa import score_answers
-
     if how == "env":
         return float(traj.reward)
     if traj.format_error is not None or not traj.gold:
@@ -135,10 +136,6 @@ class PPOTrainer:
         out_dir: Path,
         dist: distributed.Dist | None = None,
     ) -> None:
-        from mem1_core import models
-        from mem1_core.config import ConfigError
-        from mem1_core.data.compose import load_corpus, load_tasks
-
         self.cfg = cfg
         self.dist = dist if dist is not None else distributed.Dist(device=_default_device())
         world = self.dist.world_size
@@ -243,8 +240,6 @@ class PPOTrainer:
         return checkpoint.checkpoint_root(self.out_dir) / "deepspeed" / name
 
     def _save_models(self, where: Path) -> None:
-        from mem1_core import models
-
         models.save_model(self.actor, self.tokenizer, where / "actor", self.grammar)
         if self.critic is not None:
             self.critic.save(where / "critic")
@@ -278,8 +273,6 @@ class PPOTrainer:
 
     def maybe_resume(self) -> bool:
         from transformers import AutoModelForCausalLM
-
-        from mem1_core import models
 
         ckpt = None
         if self.dist.is_main:  # rank 0 picks and verifies; every rank loads that same checkpoint
@@ -339,9 +332,6 @@ class PPOTrainer:
         return trajs, time.perf_counter() - t0
 
     def _episodes(self, tasks: list[Any], temperature: float, seed: int) -> list[Any]:
-        from mem1_core.agent.policy import HFPolicy
-        from mem1_core.agent.rollout import run_episodes
-
         agent = self.cfg.agent
         policy = HFPolicy(
             self.actor, self.tokenizer, temperature=temperature, batch_size=agent.batch_size, seed=seed
@@ -580,7 +570,6 @@ class PPOTrainer:
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
         bar.close()
-        from mem1_core import models
 
         model_dir = self.out_dir / "model"
         with distributed.gathered(self._modules(), self.zero3):

@@ -23,10 +23,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mem1_core.agent.tags import DEFAULT_GRAMMAR, TagGrammar
+from mem1_core import models
+from mem1_core.agent.rollout import run_episodes
+from mem1_core.agent.teachers import teacher_for
 from mem1_core.agent.types import Trajectory
-from mem1_core.config import AgentConfig, SFTConfig
+from mem1_core.config import AgentConfig, ConfigError, SFTConfig
+from mem1_core.data.compose import load_corpus, load_tasks
+from mem1_core.data.sources import DataError
 from mem1_core.data.types import Document, Task
+from mem1_core.envs import domains
+from mem1_core.protocol.tags import DEFAULT_GRAMMAR, TagGrammar
+from mem1_core.rl import distributed, pretrain
 from mem1_core.rl.trainer_log import LogFn, log_callback
 
 
@@ -34,8 +41,6 @@ def make_env_factory(
     corpus: list[Document], agent_cfg: AgentConfig, grammar: TagGrammar = DEFAULT_GRAMMAR
 ) -> Callable[[Task], Any]:
     """QA environments over one shared BM25 index of the corpus."""
-    from mem1_core.envs import domains
-
     return domains.env_factory_for("qa", None, agent_cfg, grammar, corpus=corpus)
 
 
@@ -47,17 +52,12 @@ def oracle_trajectories(
     grammar: TagGrammar = DEFAULT_GRAMMAR,
     domain: str = "qa",
 ) -> list[Trajectory]:
-    from mem1_core.agent.rollout import run_episodes
-    from mem1_core.envs import domains
-
-    teacher = domains.teacher_for(domain, tokenizer, grammar, for_sft=True)
+    teacher = teacher_for(domain, tokenizer, grammar, for_sft=True)
     return run_episodes(tasks, env_factory, teacher, agent_cfg, mode=agent_cfg.mode)
 
 
 def read_trajectories(path: Path) -> list[Trajectory]:
     """Trajectories from a jsonl file (one Trajectory.to_json() per line); errors name the line."""
-    from mem1_core.data.sources import DataError
-
     if not Path(path).is_file():
         raise DataError(f"{path}: teacher trajectories file not found")
     out = []
@@ -107,9 +107,6 @@ def _build_tiny(
 ) -> tuple[Any, Any, list[Trajectory], list[str]]:
     """Two passes: a provisional tokenizer to run the teacher, then the final one trained on its outputs.
     Also returns the data set's texts (no teacher turn), the ones pre-training reads."""
-    from mem1_core import models
-    from mem1_core.envs import domains
-
     grammar = DEFAULT_GRAMMAR
     base_texts = list(domains.tokenizer_texts(domain, tasks, corpus, grammar))
     provisional = models.train_tokenizer(base_texts, cfg.model.tiny.vocab_size, grammar)
@@ -167,12 +164,6 @@ def build_trainer(
 def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None) -> Path:
     """Collect teacher turns, train with TRL's SFTTrainer, save to out_dir/model; returns that dir."""
     import torch
-
-    from mem1_core import models
-    from mem1_core.config import ConfigError
-    from mem1_core.data.compose import load_corpus, load_tasks
-    from mem1_core.envs import domains
-    from mem1_core.rl import distributed, pretrain
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if cfg.deepspeed_config:

@@ -1,30 +1,13 @@
-"""Search backends: the protocol every retriever implements, and BM25 over titles + text (bm25s).
-
-Environments only see `SearchBackend.search(queries, topk)`, so the in-process BM25 index, the HTTP
-client of a retrieval server and any dense retriever are interchangeable.
-"""
+"""Lexical BM25 over titles + text (bm25s): the in-process SearchBackend of the embedded default."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from mem1_core.data.types import Document
-
-
-@dataclass(frozen=True)
-class Hit:
-    document: Document
-    score: float
-
-
-class SearchBackend(Protocol):
-    def search(self, queries: list[str], topk: int) -> list[list[Hit]]:
-        """One ranked list of at most `topk` hits per query, best first."""
-        ...
+from mem1_core.retrieval.base import Hit
 
 
 class BM25Backend:

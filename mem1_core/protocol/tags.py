@@ -1,4 +1,4 @@
-"""The MEM1 tag grammar: prompt text, a parser that never raises on model output, and escaping.
+"""The MEM1 tag grammar: a parser that never raises on model output, escaping, state/info formatting.
 
 Tag names live in one `TagGrammar` so a reference-compatible grammar (`<think>`, `<search>`,
 `<information>`) is one object away. Model output is untrusted: the parser takes the first
@@ -174,26 +174,3 @@ def format_info(body: str, grammar: TagGrammar = DEFAULT_GRAMMAR) -> str:
 
 def format_state(state: str, grammar: TagGrammar = DEFAULT_GRAMMAR) -> str:
     return f"{grammar.open(grammar.state)}{state}{grammar.close(grammar.state)}"
-
-
-def qa_prompt(questions: list[str], max_turns: int, grammar: TagGrammar = DEFAULT_GRAMMAR) -> str:
-    """The task prompt for multi-objective QA, after the reference implementation's wording.
-
-    Instructions first, the questions last (as Search-R1-style prompts end on the question), one per
-    line as `Qj: ...`, the same marker the internal state uses for the open question: the state's
-    `Qj:` then points at its source line instead of a count of `; ` separators. Measured on a 2x128
-    model (scratch runs, ~3 epochs): a 2-objective Q1 query found its document in 16 of 32 greedy
-    episodes, against 9 of 32 with one `; `-joined line (Q2: 0 of 32 either way).
-    """
-    g = grammar
-    n = len(questions)
-    listed = "".join(f"Q{j}: {q.strip()}\n" for j, q in enumerate(questions, start=1))
-    return (
-        f"Answer {n} question{'s' if n > 1 else ''}. "
-        f"Each turn, first write {g.open(g.state)}…{g.close(g.state)}: a cumulative summary of everything "
-        f"you still need, your persistent memory; older turns are erased. Then either search for one "
-        f"question with {g.open(g.query)}…{g.close(g.query)}, or answer all questions at once, in order, "
-        f"separated by '{g.answer_separator} ', with {g.open(g.answer)}…{g.close(g.answer)}. "
-        f"Search results arrive in {g.open(g.info)}…{g.close(g.info)}. You have {max_turns} turns.\n"
-        f"{listed}"
-    )

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components import pod_env
+from components.worker import step_command, write_step_config
+
 TRAINJOB = "trainjob"
 PYTORCHJOB = "pytorchjob"
 
@@ -326,41 +329,34 @@ def run_distributed_step(
 ) -> Path:
     """Stage inputs on the shared workspace, run the job, copy the trained model back to `out_dir`.
 
-    Cluster facts come from the environment the pipeline sets on the training tasks: MEM1_NAMESPACE,
-    MEM1_TRAINER_IMAGE, MEM1_WORKSPACE(_PVC), MEM1_GPU_NODE_SELECTOR, MEM1_GPU_TOLERATIONS.
+    Cluster facts come from the environment the pipeline sets on the training tasks (components.pod_env:
+    namespace, trainer image, workspace and its PVC, GPU node selector and tolerations).
     """
-    from components.runtime import step_command, write_step_config
-
     env = dict(os.environ if environ is None else environ)
-    missing = [k for k in ("MEM1_NAMESPACE", "MEM1_TRAINER_IMAGE", "MEM1_WORKSPACE") if not env.get(k)]
+    missing = [k for k in pod_env.REQUIRED if not env.get(k)]
     if missing:
         raise RuntimeError(f"multi-node {kind} needs {', '.join(missing)} (set by the compiled pipeline)")
     name = job_name(kind)
-    stage = Path(env["MEM1_WORKSPACE"]) / name
+    stage = Path(env[pod_env.WORKSPACE]) / name
     data_stage = Path(shutil.copytree(data_dir, stage / "data"))
     model_stage = Path(shutil.copytree(model_dir, stage / "model_in")) if model_dir is not None else None
     out_stage = stage / "model_out"
     config_path = write_step_config(kind, section, stage / f"{kind}.yaml")
     spec = JobSpec(
         name=name,
-        namespace=env["MEM1_NAMESPACE"],
-        image=env["MEM1_TRAINER_IMAGE"],
+        namespace=env[pod_env.NAMESPACE],
+        image=env[pod_env.TRAINER_IMAGE],
         num_nodes=num_nodes,
         gpus_per_node=gpus_per_node,
         args=step_command(kind, config_path, data_stage, model_stage, out_stage),
-        node_selector=json.loads(env.get("MEM1_GPU_NODE_SELECTOR", "{}")),
-        tolerations=json.loads(env.get("MEM1_GPU_TOLERATIONS", "[]")),
-        workspace_pvc=env.get("MEM1_WORKSPACE_PVC") or None,
-        workspace_mount=env["MEM1_WORKSPACE"],
-        env={k: env[k] for k in ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL") if env.get(k)},
+        node_selector=json.loads(env.get(pod_env.GPU_NODE_SELECTOR, "{}")),
+        tolerations=json.loads(env.get(pod_env.GPU_TOLERATIONS, "[]")),
+        workspace_pvc=env.get(pod_env.WORKSPACE_PVC) or None,
+        workspace_mount=env[pod_env.WORKSPACE],
+        env={k: env[k] for k in pod_env.MLFLOW_CONFIG_KEYS if env.get(k)},
         secret_env={
-            k: (env.get("MEM1_MLFLOW_SECRET", "mem1-mlflow-credentials"), k)
-            for k in (
-                "AWS_ACCESS_KEY_ID",
-                "AWS_SECRET_ACCESS_KEY",
-                "MLFLOW_TRACKING_USERNAME",
-                "MLFLOW_TRACKING_PASSWORD",
-            )
+            k: (env.get(pod_env.MLFLOW_SECRET, pod_env.DEFAULT_MLFLOW_SECRET), k)
+            for k in pod_env.MLFLOW_SECRET_KEYS
         },
     )
     JobRunner(api or custom_objects_api(), launcher).run(build_manifest(spec, launcher))

@@ -1,0 +1,118 @@
+"""Training launch: SFT or PPO in this process, under torchrun on one node, or as a multi-node job."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from components.mlflow_runs import nested_run
+from components.trainjob import run_distributed_step
+from components.worker import step_command, write_step_config
+from mem1_core.config import PPOConfig, SFTConfig, parse_section
+from mem1_core.rl.trainer_log import LogFn
+
+
+def copy_dir(src: str | Path, dst: str | Path) -> Path:
+    """Copy a directory's contents into `dst` (created); KFP output paths may already exist."""
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    return dst
+
+
+def train(
+    kind: str,
+    section: str,
+    data_dir: Path,
+    out_dir: Path,
+    model_dir: Path | None,
+    log: LogFn | None,
+    num_nodes: int = 1,
+    gpus_per_node: int = 1,
+    launcher: str = "trainjob",
+) -> Path:
+    """Run SFT or PPO: in this process on one device, torchrun on one node, a training job on many.
+
+    Returns the trained model directory. The multi-node path goes through components.trainjob, which
+    creates a TrainJob / PyTorchJob whose workers share the workspace volume with this pod.
+    """
+    if kind not in ("sft", "ppo"):
+        raise ValueError(f"unknown training step {kind!r}: use sft or ppo")
+    if num_nodes < 1 or gpus_per_node < 0:
+        raise ValueError(f"num_nodes must be >= 1 and gpus_per_node >= 0, got {num_nodes}, {gpus_per_node}")
+    if kind == "ppo" and model_dir is None:
+        raise ValueError("ppo needs the SFT model directory")
+    if num_nodes > 1:
+        return run_distributed_step(
+            kind=kind,
+            section=section,
+            data_dir=data_dir,
+            model_dir=model_dir,
+            out_dir=out_dir,
+            num_nodes=num_nodes,
+            gpus_per_node=gpus_per_node,
+            launcher=launcher,
+        )
+    if gpus_per_node > 1:
+        return _torchrun_single_node(kind, section, data_dir, model_dir, out_dir, gpus_per_node)
+    if kind == "sft":
+        from mem1_core.rl import sft  # torch, trl: heavy, loaded only in a training pod
+
+        return Path(sft.run(parse_section(SFTConfig, section, "sft"), data_dir, out_dir, log=log))
+    from mem1_core.rl import ppo  # torch, deepspeed: heavy, loaded only in a training pod
+
+    assert model_dir is not None
+    return Path(ppo.run(parse_section(PPOConfig, section, "ppo"), data_dir, model_dir, out_dir, log=log))
+
+
+def train_step(
+    kind: str,
+    section: str,
+    tracking_uri: str,
+    parent_run_id: str,
+    step: str,
+    data_dir: Path,
+    model_dir: Path | None,
+    out_model: str | Path,
+    num_nodes: int,
+    gpus_per_node: int,
+    launcher: str,
+) -> tuple[str, dict[str, float]]:
+    """The body of the sft_warmup and ppo_train components: `train` inside a nested MLflow run.
+
+    The trained model is copied into the component's output path `out_model` (its work dir is next
+    to it). Returns the MLflow run id and the last value of every metric, for the KFP Metrics output.
+    """
+    # heavy (torch, matplotlib): loaded only inside a training pod, not where the pipeline is compiled
+    from mem1_core.eval.plots import learning_curve
+    from mem1_core.rl.ppo import HISTORY_FILE
+
+    work = Path(out_model).parent / f"{kind}-work"
+    with nested_run(tracking_uri, parent_run_id, step, json.loads(section)) as run:
+        last: dict[str, float] = {}
+
+        def log(values: dict[str, float], step_index: int) -> None:
+            last.update(values)
+            run.log(values, step_index)
+
+        out = train(kind, section, data_dir, work, model_dir, log, num_nodes, gpus_per_node, launcher)
+        history = out / HISTORY_FILE
+        if history.is_file():  # PPO: its learning curve beside the step's metrics
+            rows = json.loads(history.read_text(encoding="utf-8"))
+            run.log_artifact(learning_curve(rows, work / "learning_curve.png"))
+        copy_dir(out, out_model)
+        return run.run_id, last
+
+
+def _torchrun_single_node(
+    kind: str, section: str, data_dir: Path, model_dir: Path | None, out_dir: Path, gpus: int
+) -> Path:
+    config_path = write_step_config(kind, section, out_dir.parent / f"{kind}-config.yaml")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
+    cmd += step_command(kind, config_path, data_dir, model_dir, out_dir)
+    print("running:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return out_dir / "model"

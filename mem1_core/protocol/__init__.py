@@ -1,0 +1,1 @@
+"""What agents and environments share: the tag protocol and answer scoring (no project imports)."""
