@@ -15,6 +15,7 @@ normalisation: see ATOL.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -252,3 +253,77 @@ def test_zero3_killed_after_checkpoint_1_resumes_and_saves_a_plain_hf_model(
         if name in saved:
             assert torch.equal(tensor, saved[name]) and torch.equal(model.state_dict()[name], tensor)
     assert max_diff(weights(model_dir), saved) > 0, "GRPO left the actor unchanged"
+
+
+SFT_WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+
+    import torch
+
+    from mem1_core import models
+    from mem1_core.config import SFTConfig
+    from mem1_core.rl import sft
+
+    torch.set_num_threads(1)
+    cfg = SFTConfig.model_validate(json.loads(sys.argv[1]))
+    data_dir, out_dir, report_dir = (Path(a) for a in sys.argv[2:5])
+    writes = []
+    real_save = models.save_model
+
+    def recording_save(*args, **kwargs):
+        writes.append("models.save_model")
+        return real_save(*args, **kwargs)
+
+    models.save_model = recording_save
+    sft.run(cfg, data_dir, out_dir)
+    rank = int(os.environ["RANK"])
+    (report_dir / f"sft.rank{rank}.json").write_text(json.dumps({"writes": writes}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_sft_under_zero3_on_two_cpu_ranks(data_dir: Path, tmp_path: Path) -> None:
+    """TRL's SFTTrainer with the shipped ZeRO-3 config: DeepSpeed (not plain DDP) steps it; rank 0 saves
+    a gathered, plain HF model."""
+    from transformers import AutoModelForCausalLM
+
+    from mem1_core import models
+    from mem1_core.config import SFTConfig
+
+    cfg = SFTConfig.model_validate(
+        {
+            "n_tasks": 8,
+            "epochs": 1,
+            "batch_size": 4,
+            "deepspeed_config": zero(3),
+            "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "vocab_size": 600}},
+        }
+    )
+    out = tmp_path / "sft"
+    (tmp_path / "worker.py").write_text(SFT_WORKER, encoding="utf-8")
+    (tmp_path / "reports").mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [
+        str(tmp_path / "worker.py"),
+        cfg.model_dump_json(),
+        str(data_dir),
+        str(out),
+        str(tmp_path / "reports"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "optimizer adamw_torch (no fused kernel)" in proc.stdout
+    assert "DeepSpeed" in proc.stdout + proc.stderr
+    writes = [json.loads((tmp_path / "reports" / f"sft.rank{r}.json").read_text())["writes"] for r in (0, 1)]
+    assert writes == [["models.save_model"], []]
+    summary = json.loads((out / "sft_summary.json").read_text())
+    # the data is sharded over the 2 ranks (each step takes batch_size on each), and the loss is a number
+    assert summary["steps"] == math.ceil(summary["examples"] / (2 * cfg.batch_size))
+    assert math.isfinite(summary["train_loss"])
+    model, _ = models.load_model(out / "model", cfg.model)
+    plain = AutoModelForCausalLM.from_pretrained(out / "model", use_safetensors=True)
+    assert all(t.numel() > 0 for t in plain.state_dict().values()) and model.config.hidden_size == 32

@@ -155,6 +155,7 @@ def build_trainer(
         bf16=cfg.model.dtype == "bfloat16" and torch.cuda.is_available(),
         dataloader_num_workers=0,
         deepspeed=ds_config,  # ZeRO under torchrun; the Trainer fills the config's "auto"s
+        accelerator_config={"use_configured_state": _cpu_deepspeed_state(ds_config)},
     )
     trainer = SFTTrainer(
         model=model,
@@ -177,6 +178,26 @@ def _deepspeed_config(cfg: SFTConfig) -> dict[str, Any] | None:
     raw = distributed.load_deepspeed_config(cfg.deepspeed_config)
     distributed.init_deepspeed_comm()
     return distributed.cpu_safe_optimizer(raw)
+
+
+def _cpu_deepspeed_state(ds_config: dict[str, Any] | None) -> bool:
+    """On CPU ranks, set up accelerate's DeepSpeed state with the gloo backend ourselves (True: use it).
+
+    TrainingArguments passes no backend for DeepSpeed, and accelerate, finding no GPU, then counts a
+    world of one process: every rank would train on all the data and its gathers would fail."""
+    import os
+
+    import torch
+    from accelerate import PartialState
+
+    if ds_config is None or torch.cuda.is_available():
+        return False
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend=distributed.comm_backend())
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    return True
 
 
 def _optimizer_name(ds_config: dict[str, Any] | None) -> str:
