@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -261,13 +263,37 @@ def zero_stage(cfg: dict[str, Any]) -> int:
     return int(cfg.get("zero_optimization", {}).get("stage", 0))
 
 
-def require_cuda_for_deepspeed(path: str, what: str = "ppo.deepspeed_config") -> None:
-    """DeepSpeed ZeRO here is a GPU path; on CPU say so instead of failing deep inside deepspeed."""
-    if not torch.cuda.is_available():
+def require_deepspeed(path: str, what: str = "ppo.deepspeed_config") -> None:
+    """DeepSpeed runs on CUDA ranks (nccl) and on CPU ranks (gloo); only its absence is a config error."""
+    try:
+        import deepspeed  # noqa: F401  (heavy: imported only when a step asks for it)
+    except ImportError as e:
         raise DeepSpeedUnavailable(
-            f"{what}={path} asks for DeepSpeed, which needs CUDA GPUs; none is visible here. "
-            f"Unset {what} to train on CPU (data-parallel over gloo still works under torchrun)."
-        )
+            f"{what}={path} asks for DeepSpeed, which cannot be imported here ({e}); install it "
+            f"or unset {what} (data-parallel over gloo still works under torchrun)"
+        ) from None
+
+
+def comm_backend() -> str:
+    """The collective backend DeepSpeed must use: nccl with CUDA, gloo on CPU (its CPU default is ccl)."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def cpu_safe_optimizer(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Without CUDA, a config's Adam/AdamW becomes torch's (DeepSpeed's FusedAdam is a CUDA kernel).
+
+    Configs without an "optimizer" section need nothing: the caller's torch optimizer is used. The
+    choice is printed, since it changes which optimizer code runs."""
+    opt = cfg.get("optimizer")
+    if torch.cuda.is_available() or not isinstance(opt, dict):
+        return cfg
+    if str(opt.get("type", "")).lower() not in ("adam", "adamw"):
+        return cfg
+    params = opt.setdefault("params", {})
+    if params.get("torch_adam") is not True:
+        params["torch_adam"] = True
+        print(f"deepspeed: no CUDA, optimizer {opt.get('type')} with torch_adam (FusedAdam needs CUDA)")
+    return cfg
 
 
 def single_process_env() -> None:
@@ -283,12 +309,27 @@ def single_process_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def deepspeed_initialize(model: torch.nn.Module, lr: float, config: dict[str, Any]) -> Any:
-    """A DeepSpeed engine (ZeRO-2/3 from `config`) around `model`, with AdamW at `lr` as in one process."""
+def init_deepspeed_comm() -> None:
+    """DeepSpeed's communication layer over the process group `setup` made (or a world of one)."""
     import deepspeed
 
+    deepspeed.init_distributed(dist_backend=comm_backend())
+
+
+def deepspeed_initialize(model: torch.nn.Module, lr: float, config: dict[str, Any]) -> Any:
+    """A DeepSpeed engine (ZeRO-2/3 from `config`) around `model`, with AdamW at `lr` as in one process.
+
+    A config's own "optimizer" section wins (torch_adam on CPU); otherwise torch's AdamW is the client
+    optimizer, the very one the single-process path steps, so results match it."""
+    import deepspeed
+
+    init_deepspeed_comm()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr)  # the same optimizer as one process; no JIT-built ops
+    config = cpu_safe_optimizer(json.loads(json.dumps(config)))
+    if "optimizer" in config:
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config)
+        return engine
+    optimizer = torch.optim.AdamW(params, lr=lr)  # no JIT-built ops: runs on CPU and GPU alike
     config = {**config, "zero_allow_untested_optimizer": True}
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     return engine
@@ -298,6 +339,8 @@ def deepspeed_inference(model: torch.nn.Module, config: dict[str, Any]) -> torch
     """The frozen reference under ZeRO-3: its parameters partitioned like the actor's, no optimizer."""
     import deepspeed
 
+    init_deepspeed_comm()
+    config = {k: v for k, v in config.items() if k != "optimizer"}  # inference: nothing to step
     engine, _, _, _ = deepspeed.initialize(model=model, config=config)
     return engine.module
 
@@ -305,11 +348,35 @@ def deepspeed_inference(model: torch.nn.Module, config: dict[str, Any]) -> torch
 def gathered(modules: list[torch.nn.Module], zero3: bool) -> Any:
     """Context in which ZeRO-3 partitioned parameters are whole on every rank (collective enter/exit),
     so rank 0 can save_pretrained them; a no-op otherwise."""
-    from contextlib import nullcontext
-
     if not zero3:
         return nullcontext()
     import deepspeed
 
     params = [p for m in modules for p in m.parameters()]
     return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+@contextmanager
+def whole_for_generation(engine: Any, zero3: bool) -> Iterator[None]:
+    """Full, hook-free weights for generation under ZeRO-3 (as TRL's unwrap_model_for_generation).
+
+    ZeRO-3 gathers each layer's shards in a forward hook, a collective: ranks that generate different
+    numbers of tokens or turns would wait on each other forever. Gathering once and lifting the hooks
+    lets each rank generate alone; the hooks come back (with a fresh trace) on exit. No-op otherwise."""
+    if not zero3:
+        yield
+        return
+    offload = getattr(engine.optimizer, "parameter_offload", engine.optimizer)
+    with gathered([engine.module], True):
+        for p in engine.module.parameters():
+            p.ds_active_sub_modules.clear()
+        for hook in [*offload.forward_hooks, *offload.backward_hooks]:
+            hook.remove()
+        offload.forward_hooks, offload.backward_hooks = [], []
+        try:
+            yield
+        finally:
+            coordinator = getattr(offload, "param_coordinator", None)
+            if coordinator is not None and not coordinator.is_invalid_trace():
+                coordinator._invalidate_trace()
+            offload._register_deepspeed_module(offload.module)

@@ -20,7 +20,7 @@ with gradient-norm clipping.
 
 Models: actor = the SFT model; critic (gae only) = value head on a copy of the SFT backbone
 (rl/value.py); frozen reference = another copy. The single-process path (CPU or one GPU) needs no
-DeepSpeed; configs/deepspeed_zero{2,3}.json are for multi-GPU launches.
+DeepSpeed; configs/deepspeed_zero{2,3}.json are for multi-rank launches (GPU, or CPU ranks over gloo).
 
 With `eval_every` > 0, greedy held-out EM on `eval_tasks` tasks per count in `eval_objectives` is
 measured before step 1 and every `eval_every` steps: the learning curve, logged as
@@ -34,7 +34,8 @@ Under torchrun (WORLD_SIZE > 1, rl/distributed.py) the step is data-parallel: ev
 `prompts_per_step` tasks and rolls out its strided shard (whole groups) with its own sampling seed;
 GAE advantages are whitened with global statistics; each global mini-batch of `minibatch_size` episodes
 is split evenly over the ranks and gradients are averaged (explicit all-reduce, or DeepSpeed ZeRO-2/3
-engines when `deepspeed_config` is set and CUDA is present); metrics are all-reduced and logged by
+engines when `deepspeed_config` is set, on GPU or CPU ranks; under ZeRO-3 rollouts run on gathered
+weights, since ranks generate different lengths); metrics are all-reduced and logged by
 rank 0, which alone writes checkpoints and the final model; every rank resumes from the checkpoint
 rank 0 picks.
 """
@@ -145,7 +146,7 @@ class PPOTrainer:
         self.local_minibatch = cfg.minibatch_size // world
         ds_raw = None
         if cfg.deepspeed_config:
-            distributed.require_cuda_for_deepspeed(cfg.deepspeed_config)
+            distributed.require_deepspeed(cfg.deepspeed_config)
             ds_raw = distributed.load_deepspeed_config(cfg.deepspeed_config)
         self.out_dir = Path(out_dir)
         self.model_dir = Path(model_dir)
@@ -188,7 +189,7 @@ class PPOTrainer:
         self.opt: dict[str, torch.optim.Optimizer] = {}
         self.sched: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
         for name, module, lr in (("actor", self.actor, cfg.actor_lr), ("critic", self.critic, cfg.critic_lr)):
-            if module is not None:
+            if module is not None and name not in self.engines:  # an engine holds its own optimizer
                 self.opt[name] = torch.optim.AdamW(module.parameters(), lr=lr)
                 self.sched[name] = torch.optim.lr_scheduler.LambdaLR(self.opt[name], lambda _: 1.0)
         self.env_factory = domains.env_factory_for(
@@ -233,6 +234,12 @@ class PPOTrainer:
             self.critic = self.engines["critic"].module
         if self.zero3:
             self.ref = distributed.deepspeed_inference(self.ref, ds_cfg).eval()
+        if self.dist.is_main:
+            opt = ds_cfg.get("optimizer", {}).get("type", "torch.optim.AdamW")
+            print(
+                f"ppo: DeepSpeed ZeRO-{distributed.zero_stage(ds_cfg)} on {self.dist.world_size} "
+                f"{self.device.type} rank(s) over {distributed.comm_backend()}, optimizer {opt}"
+            )
 
     # -- checkpoints ------------------------------------------------------------------------------
 
@@ -337,7 +344,8 @@ class PPOTrainer:
             self.actor, self.tokenizer, temperature=temperature, batch_size=agent.batch_size, seed=seed
         )
         self.actor.eval()
-        with torch.no_grad():
+        whole = distributed.whole_for_generation(self.engines.get("actor"), self.zero3)
+        with torch.no_grad(), whole:
             return run_episodes(tasks, self.env_factory, policy, agent, mode=agent.mode, progress=False)
 
     def heldout(self) -> dict[str, float]:

@@ -125,8 +125,12 @@ def build_trainer(
     examples: list[dict[str, list[int]]],
     out_dir: Path,
     log: LogFn | None,
+    ds_config: dict[str, Any] | None = None,
 ) -> Any:
-    """TRL SFTTrainer on pre-tokenised examples; completion_mask becomes the loss mask (no re-tokenising)."""
+    """TRL SFTTrainer on pre-tokenised examples; completion_mask becomes the loss mask (no re-tokenising).
+
+    With `ds_config` the Trainer runs under DeepSpeed on whatever devices there are: on CPU ranks it
+    must not be told use_cpu (that bypasses DeepSpeed for plain gloo DDP)."""
     import torch
     from datasets import Dataset
     from trl import SFTConfig as TRLConfig
@@ -146,10 +150,12 @@ def build_trainer(
         max_length=cfg.max_seq_len,
         completion_only_loss=True,
         seed=cfg.seed,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available() and ds_config is None,
+        optim=_optimizer_name(ds_config),
         bf16=cfg.model.dtype == "bfloat16" and torch.cuda.is_available(),
         dataloader_num_workers=0,
-        deepspeed=cfg.deepspeed_config,  # ZeRO under torchrun; the Trainer fills the config's "auto"s
+        deepspeed=ds_config,  # ZeRO under torchrun; the Trainer fills the config's "auto"s
+        accelerator_config={"use_configured_state": _cpu_deepspeed_state(ds_config)},
     )
     trainer = SFTTrainer(
         model=model,
@@ -161,15 +167,57 @@ def build_trainer(
     return trainer
 
 
+def _deepspeed_config(cfg: SFTConfig) -> dict[str, Any] | None:
+    """The step's DeepSpeed config, made CPU-safe where there is no CUDA, with DeepSpeed's collectives
+    joined first (gloo on CPU ranks; left to accelerate, DeepSpeed's CPU default would be oneCCL)."""
+    if not cfg.deepspeed_config:
+        return None
+    distributed.require_deepspeed(cfg.deepspeed_config, "sft.deepspeed_config")
+    if distributed.env_world_size() <= 1:
+        distributed.single_process_env()  # one device without torchrun
+    raw = distributed.load_deepspeed_config(cfg.deepspeed_config)
+    distributed.init_deepspeed_comm()
+    return distributed.cpu_safe_optimizer(raw)
+
+
+def _cpu_deepspeed_state(ds_config: dict[str, Any] | None) -> bool:
+    """On CPU ranks, set up accelerate's DeepSpeed state with the gloo backend ourselves (True: use it).
+
+    TrainingArguments passes no backend for DeepSpeed, and accelerate, finding no GPU, then counts a
+    world of one process: every rank would train on all the data and its gathers would fail."""
+    import os
+
+    import torch
+    from accelerate import PartialState
+
+    if ds_config is None or torch.cuda.is_available():
+        return False
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend=distributed.comm_backend())
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    return True
+
+
+def _optimizer_name(ds_config: dict[str, Any] | None) -> str:
+    """The Trainer's AdamW: fused on CUDA; under DeepSpeed on CPU the plain torch one (printed), since
+    ZeRO steps it over flattened partitions and a fused kernel buys nothing there."""
+    import torch
+
+    if ds_config is None or torch.cuda.is_available():
+        return "adamw_torch_fused"
+    if "optimizer" not in ds_config:  # else the config's own (made torch_adam) is the one stepped
+        print("sft: DeepSpeed on CPU ranks, optimizer adamw_torch (no fused kernel)")
+    return "adamw_torch"
+
+
 def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None) -> Path:
     """Collect teacher turns, train with TRL's SFTTrainer, save to out_dir/model; returns that dir."""
     import torch
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    if cfg.deepspeed_config:
-        distributed.require_cuda_for_deepspeed(cfg.deepspeed_config, "sft.deepspeed_config")
-        if distributed.env_world_size() <= 1:
-            distributed.single_process_env()  # one GPU without torchrun
+    ds_config = _deepspeed_config(cfg)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     tasks = load_tasks(data_dir, "train")
@@ -223,7 +271,7 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
         print(f"sft: pre-training {json.dumps(pre)}")
         summary.update({f"pretrain_{k}": v for k, v in pre.items()})
     model.train()
-    trainer = build_trainer(cfg, model, tokenizer, examples, out_dir, log)
+    trainer = build_trainer(cfg, model, tokenizer, examples, out_dir, log, ds_config)
     result = trainer.train()
     summary["train_loss"] = float(result.training_loss)
     summary["steps"] = int(result.global_step)

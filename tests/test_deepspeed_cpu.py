@@ -1,0 +1,329 @@
+"""DeepSpeed ZeRO-2/3 for real, on 2 CPU ranks (gloo) under torchrun, with the shipped configs.
+
+One launch trains several jobs in the same two processes (each launch costs a minute of start-up on a
+loaded CI box): PPO/GAE under ZeRO-2 and ZeRO-3 on the same global batch as a single-process run, GRPO
+under ZeRO-2, and a GRPO ZeRO-3 run that is killed right after checkpoint 1. A second launch reruns the
+killed job, which must resume and log only step 2.
+
+Same answer: rollouts are greedy with agent.batch_size 1 (each episode generated alone, so a rank's
+episodes are exactly the single process's), one global mini-batch per step and `sequence_mean`, so the
+mean over ranks of the per-rank losses is the single-process loss. What remains is float32 summation
+order (the all-reduce/reduce-scatter adds the ranks' gradients in another order) amplified by AdamW's
+normalisation: see ATOL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from rl_helpers import compose_small, untrained_tiny_model
+
+from mem1_core.config import PPOConfig
+
+REPO = Path(__file__).resolve().parents[1]
+LR = 1e-2
+# Weights: float32 reorderings change gradients by ~1e-7 relative, so almost every weight agrees to 1e-5
+# (CLOSE). AdamW divides by sqrt(v): where a gradient is itself ~1e-8 (an untrained model, a token seen
+# once) the same absolute noise becomes a visible share of an LR-sized step, so a few weights differ by
+# up to ~2e-4 after 2 steps (measured 1.7e-4). ATOL = LR / 20 still rules out a different batch, a
+# missed reduction or a doubled step, any of which moves weights by ~LR.
+ATOL = LR / 20
+CLOSE, CLOSE_SHARE = 1e-5, 0.99
+# Losses are means over the same episodes: they agree to float32 reordering (rel 1e-4, abs 1e-6).
+LOSS_REL, LOSS_ABS = 1e-4, 1e-6
+
+WORKER = textwrap.dedent(
+    """
+    import gc, json, os, sys
+    from pathlib import Path
+
+    import torch
+
+    from mem1_core import models
+    from mem1_core.config import PPOConfig
+    from mem1_core.rl import checkpoint, distributed, ppo, value
+
+    jobs = json.loads(Path(sys.argv[1]).read_text())
+    data_dir, model_dir, report_dir = (Path(a) for a in sys.argv[2:5])
+    torch.set_num_threads(1)
+    d = distributed.setup()
+    writes = []
+
+    def recording(name, fn):
+        def wrapper(*args, **kwargs):
+            writes.append(name)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    checkpoint.save = recording("checkpoint.save", checkpoint.save)
+    models.save_model = recording("models.save_model", models.save_model)
+    value.Critic.save = recording("Critic.save", value.Critic.save)
+    for job in jobs:
+        cfg = PPOConfig.model_validate(job["cfg"])
+        torch.manual_seed(cfg.seed)
+        writes.clear()
+        logged = []
+        trainer = ppo.PPOTrainer(cfg, data_dir, model_dir, Path(job["out"]), d)
+        if job.get("die_after"):
+            save = trainer.save_checkpoint
+
+            def save_then_die(save=save, at=job["die_after"]):
+                path = save()
+                if trainer.step == at:  # a node lost right after the checkpoint: no clean exit
+                    os._exit(3)
+                return path
+
+            trainer.save_checkpoint = save_then_die
+        trainer.train(log=lambda values, step: logged.append(step))
+        report = {
+            "rank": d.rank,
+            "writes": list(writes),
+            "logged_steps": logged,
+            "history": trainer.history,
+            "engines": sorted(trainer.engines),
+            "zero3": trainer.zero3,
+        }
+        (report_dir / f"{job['name']}.rank{d.rank}.json").write_text(json.dumps(report))
+        del trainer
+        gc.collect()
+    distributed.teardown(d)
+    """
+)
+
+
+def small_ppo(**over: Any) -> PPOConfig:
+    base: dict[str, Any] = {
+        "advantage": "gae",  # greedy rollouts, so the single-process run has the same episodes
+        "steps": 2,
+        "prompts_per_step": 4,
+        "group_size": 2,
+        "minibatch_size": 8,  # the whole global batch: one optimizer step per epoch
+        "loss_agg": "sequence_mean",
+        "checkpoint_every": 1,
+        "actor_lr": LR,
+        "critic_lr": LR,
+        "kl_coef": 0.1,
+        "agent": {"max_new_tokens": 8, "max_turns": 2, "temperature": 0.0, "batch_size": 1},
+    }
+    return PPOConfig.model_validate({**base, **over})
+
+
+def grpo(**over: Any) -> PPOConfig:
+    agent = {"max_new_tokens": 8, "max_turns": 2, "temperature": 1.0, "batch_size": 4}
+    return small_ppo(advantage="grpo", agent=agent, **over)
+
+
+def zero(stage: int) -> str:
+    return str(REPO / "configs" / f"deepspeed_zero{stage}.json")
+
+
+def launch(jobs: list[dict[str, Any]], data_dir: Path, model_dir: Path, tmp: Path) -> tuple[int, str]:
+    """Both ranks run every job in turn; returns torchrun's exit code and the output's tail."""
+    (tmp / "worker.py").write_text(WORKER, encoding="utf-8")
+    (tmp / "jobs.json").write_text(json.dumps(jobs), encoding="utf-8")
+    (tmp / "reports").mkdir(exist_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [str(tmp / "worker.py"), str(tmp / "jobs.json"), str(data_dir), str(model_dir)]
+    cmd.append(str(tmp / "reports"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+def report(tmp: Path, name: str, rank: int) -> dict[str, Any]:
+    return json.loads((tmp / "reports" / f"{name}.rank{rank}.json").read_text())
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def diffs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
+    assert a.keys() == b.keys()
+    return torch.cat([(a[k].float() - b[k].float()).abs().flatten() for k in sorted(a)])
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return float(diffs(a, b).max())
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compose_small(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return untrained_tiny_model(data_dir, tmp_path_factory.mktemp("sft") / "model")
+
+
+@pytest.fixture(scope="module")
+def runs(data_dir: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 2-rank jobs (one launch), the killed job's rerun (a second), and the single-process run."""
+    from mem1_core.rl import ppo
+
+    tmp = tmp_path_factory.mktemp("ds")
+    jobs = [
+        {"name": "zero2", "cfg": small_ppo(deepspeed_config=zero(2)).model_dump(), "out": str(tmp / "zero2")},
+        {"name": "zero3", "cfg": small_ppo(deepspeed_config=zero(3)).model_dump(), "out": str(tmp / "zero3")},
+        {"name": "grpo2", "cfg": grpo(deepspeed_config=zero(2), steps=1).model_dump(), "out": str(tmp / "g")},
+        {
+            "name": "grpo3",
+            "cfg": grpo(deepspeed_config=zero(3)).model_dump(),
+            "out": str(tmp / "g3"),
+            "die_after": 1,
+        },
+    ]
+    rc, tail = launch(jobs, data_dir, model_dir, tmp)
+    assert rc != 0, "the grpo3 job should have been killed after checkpoint 1"
+    assert not (tmp / "reports" / "grpo3.rank0.json").exists(), tail
+    for name in ("zero2", "zero3", "grpo2"):
+        assert (tmp / "reports" / f"{name}.rank1.json").exists(), tail
+    rc, tail = launch([{**jobs[3], "die_after": None}], data_dir, model_dir, tmp)
+    assert rc == 0, tail
+    ppo.run(small_ppo(), data_dir, model_dir, tmp / "single")
+    return tmp
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["zero2", "zero3"])
+def test_zero_on_two_cpu_ranks_matches_one_process(runs: Path, model_dir: Path, name: str) -> None:
+    single, multi = weights(runs / "single" / "model"), weights(runs / name / "model")
+    assert max_diff(weights(model_dir), single) > 10 * ATOL, "the single-process run barely moved"
+    d = diffs(single, multi)
+    assert float(d.max()) < ATOL and float((d <= CLOSE).float().mean()) >= CLOSE_SHARE, (
+        f"max {float(d.max()):.2e}, share within {CLOSE}: {float((d <= CLOSE).float().mean()):.4f}"
+    )
+    one = json.loads((runs / "single" / "metrics_history.json").read_text())
+    two = json.loads((runs / name / "metrics_history.json").read_text())
+    for a, b in zip(one, two, strict=True):
+        assert a["ppo/reward"] == b["ppo/reward"] and a["ppo/generated_tokens"] == b["ppo/generated_tokens"]
+        for key in ("ppo/policy_loss", "ppo/value_loss", "ppo/entropy", "ppo/kl"):
+            assert b[key] == pytest.approx(a[key], rel=LOSS_REL, abs=LOSS_ABS), key
+    r0, r1 = report(runs, name, 0), report(runs, name, 1)
+    assert r0["engines"] == ["actor", "critic"] and r0["zero3"] == (name == "zero3")
+    # rank 0 alone writes the checkpoints and the model, and alone logs (the MLflow callback)
+    saves = ["models.save_model", "Critic.save"]
+    assert r0["writes"] == ["checkpoint.save", *saves, "checkpoint.save", *saves, *saves]
+    assert r1["writes"] == [] and r1["logged_steps"] == []
+    assert r0["logged_steps"] == [1, 2]
+
+
+@pytest.mark.slow
+def test_grpo_runs_under_zero2(runs: Path) -> None:
+    r0 = report(runs, "grpo2", 0)
+    assert r0["engines"] == ["actor"] and r0["logged_steps"] == [1]
+    assert report(runs, "grpo2", 1)["writes"] == []
+    assert (runs / "g" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_zero3_killed_after_checkpoint_1_resumes_and_saves_a_plain_hf_model(
+    runs: Path, model_dir: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from mem1_core import models
+    from mem1_core.config import ModelConfig
+
+    r0, r1 = report(runs, "grpo3", 0), report(runs, "grpo3", 1)
+    assert r0["zero3"] and r0["logged_steps"] == [2], "the rerun must log only the remaining step"
+    assert [h["step"] for h in r0["history"]] == [1.0, 2.0] == [h["step"] for h in r1["history"]]
+    assert r1["writes"] == [] and r1["logged_steps"] == []
+    final = runs / "g3" / "model"
+    ckpts = sorted(p.name for p in (runs / "g3" / "checkpoints").iterdir())
+    assert ckpts == ["deepspeed", "step_1", "step_2"]
+    model, _ = models.load_model(final, ModelConfig())  # checks mem1.json's hashes
+    plain = AutoModelForCausalLM.from_pretrained(final, use_safetensors=True)
+    saved = weights(final)
+    assert all(t.numel() > 0 for t in saved.values()), "ZeRO-3 shards saved instead of gathered weights"
+    for name, tensor in plain.state_dict().items():
+        if name in saved:
+            assert torch.equal(tensor, saved[name]) and torch.equal(model.state_dict()[name], tensor)
+    assert max_diff(weights(model_dir), saved) > 0, "GRPO left the actor unchanged"
+
+
+SFT_WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+
+    import torch
+
+    from mem1_core import models
+    from mem1_core.config import SFTConfig
+    from mem1_core.rl import sft
+
+    torch.set_num_threads(1)
+    cfg = SFTConfig.model_validate(json.loads(sys.argv[1]))
+    data_dir, out_dir, report_dir = (Path(a) for a in sys.argv[2:5])
+    writes = []
+    real_save = models.save_model
+
+    def recording_save(*args, **kwargs):
+        writes.append("models.save_model")
+        return real_save(*args, **kwargs)
+
+    models.save_model = recording_save
+    sft.run(cfg, data_dir, out_dir)
+    rank = int(os.environ["RANK"])
+    (report_dir / f"sft.rank{rank}.json").write_text(json.dumps({"writes": writes}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_sft_under_zero3_on_two_cpu_ranks(data_dir: Path, tmp_path: Path) -> None:
+    """TRL's SFTTrainer with the shipped ZeRO-3 config: DeepSpeed (not plain DDP) steps it; rank 0 saves
+    a gathered, plain HF model."""
+    from transformers import AutoModelForCausalLM
+
+    from mem1_core import models
+    from mem1_core.config import SFTConfig
+
+    cfg = SFTConfig.model_validate(
+        {
+            "n_tasks": 8,
+            "epochs": 1,
+            "batch_size": 4,
+            "deepspeed_config": zero(3),
+            "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "vocab_size": 600}},
+        }
+    )
+    out = tmp_path / "sft"
+    (tmp_path / "worker.py").write_text(SFT_WORKER, encoding="utf-8")
+    (tmp_path / "reports").mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [
+        str(tmp_path / "worker.py"),
+        cfg.model_dump_json(),
+        str(data_dir),
+        str(out),
+        str(tmp_path / "reports"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "optimizer adamw_torch (no fused kernel)" in proc.stdout
+    assert "DeepSpeed" in proc.stdout + proc.stderr
+    writes = [json.loads((tmp_path / "reports" / f"sft.rank{r}.json").read_text())["writes"] for r in (0, 1)]
+    assert writes == [["models.save_model"], []]
+    summary = json.loads((out / "sft_summary.json").read_text())
+    # the data is sharded over the 2 ranks (each step takes batch_size on each), and the loss is a number
+    assert summary["steps"] == math.ceil(summary["examples"] / (2 * cfg.batch_size))
+    assert math.isfinite(summary["train_loss"])
+    model, _ = models.load_model(out / "model", cfg.model)
+    plain = AutoModelForCausalLM.from_pretrained(out / "model", use_safetensors=True)
+    assert all(t.numel() > 0 for t in plain.state_dict().values()) and model.config.hidden_size == 32
