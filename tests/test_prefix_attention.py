@@ -2,18 +2,28 @@
 
 Log-probs and values match re-running every turn (fp32, 1e-4) in every mode, padded and packed,
 with prompts shared by a group and prompts of different lengths in one batch; gradients of the
-actor and critic equal the dense-mask path's."""
+actor and critic equal the dense-mask path's; the log-probs the policy sampled with equal the
+prefix pass's; PPO's `auto` picks it and logs the choice."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
-from rl_helpers import PAD, random_trajectory, reference_per_turn, tiny_lm
+from rl_helpers import (
+    PAD,
+    compose_small,
+    random_trajectory,
+    reference_per_turn,
+    tiny_lm,
+    untrained_tiny_model,
+)
 
 from mem1_core.agent.types import Trajectory, Turn
-from mem1_core.rl import prefix
+from mem1_core.config import PPOConfig
+from mem1_core.rl import ppo, prefix
 from mem1_core.rl.trajectory import collate, stitch
 from mem1_core.rl.value import Critic, actor_logprobs
 
@@ -141,3 +151,48 @@ def test_gradient_checkpointing_is_refused_clearly() -> None:
     batch = collate([stitch(random_trajectory(random.Random(1), "mem1", 2))], pad_id=PAD)
     with pytest.raises(ValueError, match="gradient checkpointing"):
         actor_logprobs(lm, batch, "prefix")
+
+
+@pytest.fixture(scope="module")
+def ppo_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    data = compose_small(tmp_path_factory.mktemp("data"))
+    return data, untrained_tiny_model(data, tmp_path_factory.mktemp("sft") / "model")
+
+
+def _ppo_config(mode: str, attention: str) -> PPOConfig:
+    return PPOConfig.model_validate(
+        {
+            "steps": 1,
+            "prompts_per_step": 2,
+            "minibatch_size": 4,
+            "group_size": 2,  # the two episodes of a task share its prompt
+            "attention": attention,
+            "agent": {"max_new_tokens": 12, "max_turns": 3, "mode": mode, "temperature": 0.7},
+        }
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sampled_logprobs_equal_the_prefix_pass(
+    ppo_dirs: tuple[Path, Path], tmp_path: Path, mode: str
+) -> None:
+    """What HFPolicy sampled from (KV cache, logits / T) is what the prefix pass scores, padded or packed."""
+    trainer = ppo.PPOTrainer(_ppo_config(mode, "prefix"), *ppo_dirs, tmp_path)
+    trajs, _ = trainer.rollout()
+    seqs = [stitch(t) for t in trajs]
+    for pack in (False, True):
+        batch = collate(seqs, trainer.pad_id, pack=pack)
+        with torch.no_grad():
+            lp, _ = actor_logprobs(trainer.actor, batch, "prefix", temperature=0.7)
+        behaviour = batch.scatter([s.old_logprobs or [] for s in seqs]) * batch.loss_mask
+        worst = float((lp - behaviour).abs().max())
+        assert worst < TOL, f"pack={pack}: behaviour vs prefix log-probs differ by {worst}"
+
+
+def test_auto_resolves_to_prefix_and_says_so(
+    ppo_dirs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trainer = ppo.PPOTrainer(_ppo_config("mem1", "auto"), *ppo_dirs, tmp_path)
+    assert trainer.backend == "prefix"
+    assert "ppo: attention prefix (ppo.attention 'auto' on cpu)" in capsys.readouterr().out
+    assert trainer.train_step()["attention_prefix"] == 1.0
