@@ -46,7 +46,7 @@ GROUP = 8  # episodes sharing one prompt
 GROUP_LENGTHS = (1024, 4096)  # per episode
 PROMPT, KEPT, OUT = 128, 200, 100  # per turn: kept IS/action/info, then the new output
 CPU_DENSE_MAX = 4096  # the dense L x L mask and scores beyond this do not fit a shared 24 GB box
-CPU_REPS, GPU_REPS = 3, 3
+CPU_REPS, GPU_REPS = 5, 3
 GPU_BUDGET_S = 420.0  # cases start only while under this; one case takes well under a minute
 SPEEDUP_BAR = 1.3  # prefix vs per_turn loss tokens/s, every length
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -174,35 +174,87 @@ def _flops(cfg: dict[str, Any], n_params: int, tokens: int, loss_tokens: int, pa
 # -- CPU: one case per fresh subprocess, so peak RSS growth is that case's --------------------------------
 
 
-def _cpu_case(case: Case, queue: Any) -> None:
+def _cpu_memory(case: Case, queue: Any) -> None:
+    """Peak RSS growth of one fwd+bwd of one case, in a fresh process (so it is that case's)."""
     import torch
 
     torch.set_num_threads(1)
-    attn = "flex_attention" if case.method == "flex" else "sdpa"
-    model = _model(TINY, "cpu", torch.float32, attn)
-    batch, backend, turns, tokens, _ = build(case, TINY["vocab_size"])
+    model = _model(TINY, "cpu", torch.float32, "sdpa")
+    batch, backend, *_ = build(case, TINY["vocab_size"])
+    from mem1_core.rl.value import actor_logprobs
+
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # CPU time of this one-thread process, not wall time: on a shared box the wall clock measures
-    # the scheduler (the same step took 0.07 to 1.0 s wall while it always took ~0.07 s of CPU).
-    seconds, warm, wall = _timed(model, batch, backend, CPU_REPS, lambda: None, time.process_time)
-    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-    loss = float(batch.loss_mask.sum())
-    result = Result(case, loss / seconds, tokens, seconds, warm, peak_mb, turns)
-    result.note = f"wall {wall:.2f} s"
-    queue.put(result)
+    lp, _ = actor_logprobs(model, batch, backend)
+    (-(lp * batch.loss_mask).sum() / batch.loss_mask.sum()).backward()
+    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
 
 
-def _run_cpu_case(case: Case, timeout: float = 900) -> Result:
+def _cpu_timing(cases: list[Case], queue: Any) -> None:
+    """All paths of one length in one process, their steps interleaved round by round, timed by the
+    process's CPU time: on the shared box the wall clock measured the scheduler (one step took 0.07
+    to 1.0 s wall, always ~0.07 s CPU), and separate processes drifted by ~10% between paths."""
+    import torch
+
+    from mem1_core.rl.value import actor_logprobs
+
+    torch.set_num_threads(1)
+    model = _model(TINY, "cpu", torch.float32, "sdpa")
+    built = [build(c, TINY["vocab_size"]) for c in cases]
+
+    def step(batch: Any, backend: str) -> None:
+        lp, _ = actor_logprobs(model, batch, backend)  # type: ignore[arg-type]
+        (-(lp * batch.loss_mask).sum() / batch.loss_mask.sum()).backward()
+        model.zero_grad(set_to_none=True)
+
+    warm = []
+    for batch, backend, *_ in built:
+        t0 = time.perf_counter()
+        step(batch, backend)
+        warm.append(time.perf_counter() - t0)
+    cpu: list[list[float]] = [[] for _ in cases]
+    wall: list[list[float]] = [[] for _ in cases]
+    for _ in range(CPU_REPS):
+        for k, (batch, backend, *_) in enumerate(built):
+            t0, w0 = time.process_time(), time.perf_counter()
+            step(batch, backend)
+            cpu[k].append(time.process_time() - t0)
+            wall[k].append(time.perf_counter() - w0)
+    out = []
+    for k, (case, (batch, _, turns, tokens, _)) in enumerate(zip(cases, built, strict=True)):
+        seconds = statistics.median(cpu[k])
+        loss = float(batch.loss_mask.sum())
+        note = f"wall {statistics.median(wall[k]):.2f} s"
+        out.append(Result(case, loss / seconds, tokens, seconds, warm[k], 0.0, turns, note=note))
+    queue.put(out)
+
+
+def _spawn(target: Any, arg: Any, timeout: float = 1800) -> Any:
+    """target(arg, queue) in a fresh spawned process; its one queued value, or None."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_cpu_case, args=(case, queue))
+    proc = ctx.Process(target=target, args=(arg, queue))
     proc.start()
     proc.join(timeout)
     if proc.is_alive():
         proc.kill()
         proc.join()
-        return Result(case, note="timed out")
-    return queue.get() if not queue.empty() else Result(case, note=f"failed (exit {proc.exitcode})")
+        return None
+    return queue.get() if not queue.empty() else None
+
+
+def run_cpu_cases(cases: list[Case]) -> list[Result]:
+    """Per (length, group): one interleaved timing process for its paths, one memory process per path."""
+    results: dict[Case, Result] = {c: Result(c, note=_cpu_skip(c)) for c in cases if _cpu_skip(c)}
+    keys = sorted({(c.length, c.group) for c in cases}, key=lambda k: (k[1], k[0]))
+    for length, group in keys:
+        run = [c for c in cases if (c.length, c.group) == (length, group) and c not in results]
+        timed = _spawn(_cpu_timing, run) or [Result(c, note="timing failed") for c in run]
+        for r in timed:
+            peak = _spawn(_cpu_memory, r.case)
+            r.peak_mb = float("nan") if peak is None else float(peak)
+            results[r.case] = r
+            print(r, flush=True)
+    return [results[c] for c in cases]
 
 
 def cpu_cases() -> list[Case]:
@@ -338,11 +390,7 @@ def check_bars(results: list[Result]) -> list[str]:
 
 def main(results_dir: Path) -> dict[str, float]:
     """CPU run (what run_all calls): tiny model, fp32, one thread per case."""
-    results = []
-    for case in cpu_cases():
-        skip = _cpu_skip(case)
-        results.append(Result(case, note=skip) if skip else _run_cpu_case(case))
-        print(results[-1], flush=True)
+    results = run_cpu_cases(cpu_cases())
     header = [
         "# PPO update: exact stitched paths vs per-turn re-runs (CPU)",
         "",
@@ -350,12 +398,13 @@ def main(results_dir: Path) -> dict[str, float]:
         "same time (this one niced). Seconds are the process's CPU time per update (median of "
         f"{CPU_REPS} after a warm-up), not wall time: under that load the wall clock measured the "
         "scheduler (one step: 0.07 to 1.0 s wall, ~0.07 s CPU); the wall median is in the note. "
-        "Every path was measured in the same run; the `vs per_turn` ratios are the fair comparison. "
+        "The paths of one length ran in one process, their steps interleaved round by round, so the "
+        "`vs per_turn` ratios are the fair comparison (separate processes drifted ~10%). "
         "dtype fp32; model: tiny Qwen2 "
         "(hidden 128, 2 layers, vocab 2048). One fwd+bwd of the actor's log-probs over the loss tokens of "
         f"MEM1 trajectories (prompt {PROMPT}, kept context {KEPT}, output {OUT} per turn). "
         f"Episodes > 1: {GROUP} episodes of one task sharing its "
-        "prompt (a GRPO group). Peak MB: growth of peak RSS in a fresh process.",
+        "prompt (a GRPO group). Peak MB: growth of peak RSS over one fwd+bwd in a fresh process per path.",
     ]
     lines, metrics = report(results, header)
     missed = check_bars(results)
