@@ -283,7 +283,9 @@ class PPOConfig(StrictModel):
         True, description="gae: normalise advantages over the step (grpo/rloo are already group-relative)"
     )
     max_grad_norm: float = Field(1.0, gt=0)
-    attention: Literal["auto", "dense", "flex"] = Field("auto", description="auto: flex on GPU, dense on CPU")
+    attention: Literal["auto", "dense", "flex", "prefix"] = Field(
+        "auto", description="auto: prefix (shared prompt KV + batched segments, exact, linear in turns)"
+    )
     checkpoint_every: int = Field(5, ge=1)
     eval_every: int = Field(
         0, ge=0, description="held-out EM every N steps (and before step 1) for the learning curve; 0 = off"

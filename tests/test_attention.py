@@ -78,7 +78,7 @@ def test_flex_stitched_pass_equals_per_turn_runs() -> None:
     assert worst < TOL, f"flex: max abs diff {worst}"
 
 
-@pytest.mark.parametrize("backend", ["dense", "flex"])
+@pytest.mark.parametrize("backend", ["dense", "flex", "prefix"])
 def test_future_tokens_cannot_change_earlier_outputs(backend: str) -> None:
     rng = random.Random(3)
     lm = tiny_lm("eager")
@@ -125,8 +125,9 @@ def test_dense_mask_is_additive_min_not_zero_one() -> None:
 
 
 def test_resolve_backend() -> None:
-    assert resolve_backend("auto", "cpu") == "dense"
-    assert resolve_backend("auto", "cuda") == "flex"
+    assert resolve_backend("auto", "cpu") == "prefix"
+    assert resolve_backend("auto", "cuda") == "prefix"
     assert resolve_backend("flex", "cpu") == "flex"
+    assert resolve_backend("dense", "cuda") == "dense"
     with pytest.raises(ValueError, match="unknown attention backend"):
         resolve_backend("paged", "cpu")

@@ -13,7 +13,11 @@ Flex: a BlockMask from `create_block_mask` with a mask_mod reading segment/episo
 materialises L x L, and fully masked blocks are skipped. Needs a model running
 attn_implementation="flex_attention" (`use_backend` switches it). In torch 2.13 its forward runs on
 CPU (compiled via inductor, slow to compile; tested here) but its backward does not
-("FlexAttention does not support backward on CPU"), so "auto" picks flex on CUDA and dense on CPU.
+("FlexAttention does not support backward on CPU").
+
+Prefix (prefix.py): no L x L mask at all; each distinct prompt runs once and every segment runs as a
+row of a padded batch against its prompt's keys/values. Exact like the others and linear in turns.
+"auto" picks prefix on every device (see `resolve_backend`); dense stays the reference in tests.
 """
 
 from __future__ import annotations
@@ -22,20 +26,30 @@ from typing import Any, Literal
 
 import torch
 
+from mem1_core.rl.prefix import prefix_hidden_states
 from mem1_core.rl.trajectory import Batch
 
-AttentionBackend = Literal["dense", "flex"]
+AttentionBackend = Literal["dense", "flex", "prefix"]
 
-_IMPLEMENTATION = {"dense": ("eager", "sdpa"), "flex": ("flex_attention",)}
+_IMPLEMENTATION = {"dense": ("eager", "sdpa"), "flex": ("flex_attention",), "prefix": ("eager", "sdpa")}
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> AttentionBackend:
-    """'auto' -> flex on CUDA, dense elsewhere; 'dense'/'flex' pass through."""
+    """'auto' -> prefix on every device; 'dense'/'flex'/'prefix' pass through.
+
+    CPU: prefix is the fastest exact path measured (bench/results/ppo_update.md; flex has no CPU
+    backward, dense is O(L^2)). CUDA, by reasoning until bench_ppo_update --gpu has run: both prefix
+    and flex feed each token once and skip the cross-segment L^2, and at 0.5B+ with segments of
+    hundreds of tokens the linear layers dominate; prefix also runs a group's shared prompt once
+    (flex runs it per episode), needs no torch.compile (flex compiles, and recompiles on new shapes),
+    and is exact on any attention kernel that takes an additive mask.
+    """
+    del device  # the same choice everywhere today; kept so a measured GPU result can change it
     if backend == "auto":
-        return "flex" if torch.device(device).type == "cuda" else "dense"
-    if backend in ("dense", "flex"):
+        return "prefix"
+    if backend in ("dense", "flex", "prefix"):
         return backend  # type: ignore[return-value]
-    raise ValueError(f"unknown attention backend {backend!r}: use auto, dense or flex")
+    raise ValueError(f"unknown attention backend {backend!r}: use auto, dense, flex or prefix")
 
 
 def allowed(segment_ids: torch.Tensor, episode_ids: torch.Tensor) -> torch.Tensor:
@@ -80,7 +94,7 @@ def build_mask(batch: Batch, backend: AttentionBackend, dtype: torch.dtype) -> A
         return dense_mask(batch.segment_ids, batch.episode_ids, dtype)
     if backend == "flex":
         return flex_block_mask(batch.segment_ids, batch.episode_ids)
-    raise ValueError(f"unknown attention backend {backend!r}")
+    raise ValueError(f"no mask for attention backend {backend!r} (prefix builds its own per bucket)")
 
 
 def use_backend(model: torch.nn.Module, backend: AttentionBackend) -> None:
@@ -100,6 +114,8 @@ def hidden_states(
     if dtype is None:
         dtype = next(backbone.parameters()).dtype
     use_backend(backbone, backend)
+    if backend == "prefix":
+        return prefix_hidden_states(backbone, batch, dtype)
     mask = build_mask(batch, backend, dtype)
     out = backbone(
         input_ids=batch.input_ids,

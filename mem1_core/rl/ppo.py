@@ -166,8 +166,10 @@ class PPOTrainer:
         if self.backend == "flex" and self.device.type == "cpu":
             raise ValueError(
                 "ppo.attention 'flex' needs a GPU for training: FlexAttention has no CPU backward in "
-                "torch 2.13 (its CPU forward is fine for scoring); use 'dense' or 'auto' on CPU"
+                "torch 2.13 (its CPU forward is fine for scoring); use 'prefix', 'dense' or 'auto' on CPU"
             )
+        if self.dist.is_main:
+            print(f"ppo: attention {self.backend} (ppo.attention {cfg.attention!r} on {self.device.type})")
         self.grammar = models.load_grammar(model_dir)
         actor, self.tokenizer = models.load_model(model_dir, ModelConfig())
         self.actor = actor.to(self.device)
@@ -539,6 +541,7 @@ class PPOTrainer:
             rollout_tokens_per_s=gen_tokens / rollout_s if rollout_s > 0 else 0.0,
             score_s=score_s,
         )
+        metrics[f"attention_{self.backend}"] = 1.0  # which exact path scored and updated (auto resolved)
         if self.cfg.group_size > 1:
             metrics.update(group_stats([s.reward for s in seqs], self.cfg.group_size))
         metrics.update(domains.summary_extras(self.domain, trajs))
@@ -582,7 +585,11 @@ class PPOTrainer:
         model_dir = self.out_dir / "model"
         with distributed.gathered(self._modules(), self.zero3):
             if main:
-                extra = {"ppo_steps": self.step, "ppo_advantage": cfg.advantage}
+                extra = {
+                    "ppo_steps": self.step,
+                    "ppo_advantage": cfg.advantage,
+                    "ppo_attention": self.backend,
+                }
                 models.save_model(self.actor.eval(), self.tokenizer, model_dir, self.grammar, extra)
                 if self.critic is not None:
                     self.critic.save(self.out_dir / "critic")
