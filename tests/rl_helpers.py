@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import textwrap
 from pathlib import Path
 
 import torch
@@ -106,3 +107,33 @@ def untrained_tiny_model(data_dir: Path, out: Path) -> Path:
     )  # fmt: skip
     model = models.build_tiny_model(tiny, tok, seed=0)
     return models.save_model(model, tok, out)
+
+
+# A torchrun worker: SFT on every rank, recording which rank saves the model (reports/rank<r>.json).
+SFT_WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+
+    import torch
+
+    from mem1_core import models
+    from mem1_core.config import SFTConfig
+    from mem1_core.rl import sft
+
+    torch.set_num_threads(1)
+    cfg = SFTConfig.model_validate(json.loads(sys.argv[1]))
+    data_dir, out_dir, report_dir = (Path(a) for a in sys.argv[2:5])
+    writes = []
+    real_save = models.save_model
+
+    def recording_save(*args, **kwargs):
+        writes.append("models.save_model")
+        return real_save(*args, **kwargs)
+
+    models.save_model = recording_save
+    sft.run(cfg, data_dir, out_dir)
+    rank = int(os.environ["RANK"])
+    (report_dir / f"rank{rank}.json").write_text(json.dumps({"writes": writes}))
+    """
+)

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import torch
-from rl_helpers import compose_small, untrained_tiny_model
+from rl_helpers import SFT_WORKER, compose_small, untrained_tiny_model
 
 from mem1_core.config import PPOConfig
 
@@ -255,35 +255,6 @@ def test_zero3_killed_after_checkpoint_1_resumes_and_saves_a_plain_hf_model(
     assert max_diff(weights(model_dir), saved) > 0, "GRPO left the actor unchanged"
 
 
-SFT_WORKER = textwrap.dedent(
-    """
-    import json, os, sys
-    from pathlib import Path
-
-    import torch
-
-    from mem1_core import models
-    from mem1_core.config import SFTConfig
-    from mem1_core.rl import sft
-
-    torch.set_num_threads(1)
-    cfg = SFTConfig.model_validate(json.loads(sys.argv[1]))
-    data_dir, out_dir, report_dir = (Path(a) for a in sys.argv[2:5])
-    writes = []
-    real_save = models.save_model
-
-    def recording_save(*args, **kwargs):
-        writes.append("models.save_model")
-        return real_save(*args, **kwargs)
-
-    models.save_model = recording_save
-    sft.run(cfg, data_dir, out_dir)
-    rank = int(os.environ["RANK"])
-    (report_dir / f"sft.rank{rank}.json").write_text(json.dumps({"writes": writes}))
-    """
-)
-
-
 @pytest.mark.slow
 def test_sft_under_zero3_on_two_cpu_ranks(data_dir: Path, tmp_path: Path) -> None:
     """TRL's SFTTrainer with the shipped ZeRO-3 config: DeepSpeed (not plain DDP) steps it; rank 0 saves
@@ -318,7 +289,7 @@ def test_sft_under_zero3_on_two_cpu_ranks(data_dir: Path, tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "optimizer adamw_torch (no fused kernel)" in proc.stdout
     assert "DeepSpeed" in proc.stdout + proc.stderr
-    writes = [json.loads((tmp_path / "reports" / f"sft.rank{r}.json").read_text())["writes"] for r in (0, 1)]
+    writes = [json.loads((tmp_path / "reports" / f"rank{r}.json").read_text())["writes"] for r in (0, 1)]
     assert writes == [["models.save_model"], []]
     summary = json.loads((out / "sft_summary.json").read_text())
     # the data is sharded over the 2 ranks (each step takes batch_size on each), and the loss is a number

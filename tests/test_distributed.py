@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from rl_helpers import compose_small, untrained_tiny_model
+from rl_helpers import SFT_WORKER, compose_small, untrained_tiny_model
 
 from mem1_core.config import ConfigError, PPOConfig, SFTConfig
 from mem1_core.rl import distributed
@@ -78,35 +78,6 @@ WORKER = textwrap.dedent(
     }
     (report_dir / f"rank{d.rank}.json").write_text(json.dumps(report))
     distributed.teardown(d)
-    """
-)
-
-
-SFT_WORKER = textwrap.dedent(
-    """
-    import json, os, sys
-    from pathlib import Path
-
-    import torch
-
-    from mem1_core import models
-    from mem1_core.config import SFTConfig
-    from mem1_core.rl import sft
-
-    torch.set_num_threads(1)
-    cfg = SFTConfig.model_validate(json.loads(sys.argv[1]))
-    data_dir, out_dir, report_dir = (Path(a) for a in sys.argv[2:5])
-    writes = []
-    real_save = models.save_model
-
-    def recording_save(*args, **kwargs):
-        writes.append("models.save_model")
-        return real_save(*args, **kwargs)
-
-    models.save_model = recording_save
-    sft.run(cfg, data_dir, out_dir)
-    rank = int(os.environ["RANK"])
-    (report_dir / f"rank{rank}.json").write_text(json.dumps({"writes": writes}))
     """
 )
 
