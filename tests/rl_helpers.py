@@ -109,7 +109,8 @@ def untrained_tiny_model(data_dir: Path, out: Path) -> Path:
     return models.save_model(model, tok, out)
 
 
-# A torchrun worker: SFT on every rank, recording which rank saves the model (reports/rank<r>.json).
+# A torchrun worker: SFT on every rank, recording which rank saves the model and which logs (the steps
+# its log function, the MLflow one in a pipeline, was called at) in reports/rank<r>.json.
 SFT_WORKER = textwrap.dedent(
     """
     import json, os, sys
@@ -132,8 +133,9 @@ SFT_WORKER = textwrap.dedent(
         return real_save(*args, **kwargs)
 
     models.save_model = recording_save
-    sft.run(cfg, data_dir, out_dir)
+    logged = []
+    sft.run(cfg, data_dir, out_dir, log=lambda values, step: logged.append(step))
     rank = int(os.environ["RANK"])
-    (report_dir / f"rank{rank}.json").write_text(json.dumps({"writes": writes}))
+    (report_dir / f"rank{rank}.json").write_text(json.dumps({"writes": writes, "logged_steps": logged}))
     """
 )

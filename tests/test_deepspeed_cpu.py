@@ -3,7 +3,8 @@
 One launch trains several jobs in the same two processes (each launch costs a minute of start-up on a
 loaded CI box): PPO/GAE under ZeRO-2 and ZeRO-3 on the same global batch as a single-process run, GRPO
 under ZeRO-2, and a GRPO ZeRO-3 run that is killed right after checkpoint 1. A second launch reruns the
-killed job, which must resume and log only step 2.
+killed job, which must resume and log only step 2. SFT runs under ZeRO-2 on 2 ranks and is compared
+with one process on the same global batch.
 
 Same answer: rollouts are greedy with agent.batch_size 1 (each episode generated alone, so a rank's
 episodes are exactly the single process's), one global mini-batch per step and `sequence_mean`, so the
@@ -40,6 +41,14 @@ ATOL = LR / 20
 CLOSE, CLOSE_SHARE = 1e-5, 0.99
 # Losses are means over the same episodes: they agree to float32 reordering (rel 1e-4, abs 1e-6).
 LOSS_REL, LOSS_ABS = 1e-4, 1e-6
+# SFT (lr 1e-3) compares weights the same way. The ranks see the same 8 examples per optimizer step as one
+# process on batch 8 (accelerate deals the ranks alternate batches of one seeded permutation; 32 examples,
+# so no rank pads its last batch) and the Trainer averages the loss over the global batch's completion
+# tokens, so only float32 summation order differs. No SFT gradient sits at float32-noise level, so AdamW
+# has nothing to amplify: ZeRO-2 measured 7.5e-9, one ulp of a weight below 0.125. SFT_ATOL =
+# lr / 1000 leaves a hundredfold margin; one process on half the batch (what ranks that did not shard the
+# data would compute) ends 4.5e-3 away.
+SFT_ATOL = 1e-6
 
 WORKER = textwrap.dedent(
     """
@@ -255,24 +264,55 @@ def test_zero3_killed_after_checkpoint_1_resumes_and_saves_a_plain_hf_model(
     assert max_diff(weights(model_dir), saved) > 0, "GRPO left the actor unchanged"
 
 
-@pytest.mark.slow
-def test_sft_under_zero3_on_two_cpu_ranks(data_dir: Path, tmp_path: Path) -> None:
-    """TRL's SFTTrainer with the shipped ZeRO-3 config: DeepSpeed (not plain DDP) steps it; rank 0 saves
-    a gathered, plain HF model."""
-    from transformers import AutoModelForCausalLM
+def small_sft(**over: Any) -> dict[str, Any]:
+    """The SFT section: 8 tasks make 32 turn examples, 4 optimizer steps of 8 (2 ranks x 4, or 1 x 8)."""
+    base = {
+        "n_tasks": 8,
+        "epochs": 1,
+        "batch_size": 4,
+        "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "vocab_size": 600}},
+    }
+    return {**base, **over}
 
+
+@pytest.fixture(scope="module")
+def sft_one_process(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """SFT in this one process, no DeepSpeed, through the component's one-node launch: on batch 8 (the
+    2-rank runs' global batch, the reference) and on batch 4 (what ranks that did not shard would do)."""
+    from components import launch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out: dict[str, Path] = {}
+    try:
+        for name, batch in (("global", 2 * small_sft()["batch_size"]), ("half", small_sft()["batch_size"])):
+            work = tmp_path_factory.mktemp(f"sft-{name}")
+            section = json.dumps(small_sft(batch_size=batch))
+            out[name] = launch.train("sft", section, data_dir, work, None, None)
+    finally:
+        torch.set_num_threads(before)
+    examples = json.loads((out["global"].parent / "sft_summary.json").read_text())["examples"]
+    assert examples % 8 == 0, f"{examples} examples: the ranks would pad their last batch, unlike one process"
+    return out
+
+
+def assert_same_sft(multi: Path, single: Path) -> float:
+    """Weights within SFT_ATOL of the single-process run; returns the largest difference."""
+    gap = max_diff(weights(single), weights(multi))
+    assert gap < SFT_ATOL, f"max weight difference {gap:.2e} to the single-process run"
+    return gap
+
+
+@pytest.mark.slow
+def test_sft_under_zero2_on_two_cpu_ranks_matches_one_process(
+    data_dir: Path, sft_one_process: dict[str, Path], tmp_path: Path
+) -> None:
+    """TRL's SFTTrainer with the shipped ZeRO-2 config: DeepSpeed (not plain DDP) steps it, rank 0 alone
+    saves and logs, and the weights are the single process's on the same global batch."""
     from mem1_core import models
     from mem1_core.config import SFTConfig
 
-    cfg = SFTConfig.model_validate(
-        {
-            "n_tasks": 8,
-            "epochs": 1,
-            "batch_size": 4,
-            "deepspeed_config": zero(3),
-            "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "vocab_size": 600}},
-        }
-    )
+    cfg = SFTConfig.model_validate(small_sft(deepspeed_config=zero(2)))
     out = tmp_path / "sft"
     (tmp_path / "worker.py").write_text(SFT_WORKER, encoding="utf-8")
     (tmp_path / "reports").mkdir()
@@ -289,12 +329,18 @@ def test_sft_under_zero3_on_two_cpu_ranks(data_dir: Path, tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "optimizer adamw_torch (no fused kernel)" in proc.stdout
     assert "DeepSpeed" in proc.stdout + proc.stderr
-    writes = [json.loads((tmp_path / "reports" / f"rank{r}.json").read_text())["writes"] for r in (0, 1)]
-    assert writes == [["models.save_model"], []]
+    r0, r1 = (json.loads((tmp_path / "reports" / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["writes"] == ["models.save_model"] and r1["writes"] == []
     summary = json.loads((out / "sft_summary.json").read_text())
-    # the data is sharded over the 2 ranks (each step takes batch_size on each), and the loss is a number
+    # the data is sharded over the 2 ranks (each step takes batch_size on each)
     assert summary["steps"] == math.ceil(summary["examples"] / (2 * cfg.batch_size))
-    assert math.isfinite(summary["train_loss"])
+    # step 0: the data summary; then every Trainer step, and the last again with the run's totals
+    steps = summary["steps"]
+    assert r0["logged_steps"] == [0, *range(1, steps + 1), steps] and r1["logged_steps"] == []
+    single = sft_one_process["global"]
+    assert max_diff(weights(single), weights(sft_one_process["half"])) > 100 * SFT_ATOL
+    assert_same_sft(out / "model", single)
+    one = json.loads((single.parent / "sft_summary.json").read_text())
+    assert summary["train_loss"] == pytest.approx(one["train_loss"], rel=LOSS_REL)
     model, _ = models.load_model(out / "model", cfg.model)
-    plain = AutoModelForCausalLM.from_pretrained(out / "model", use_safetensors=True)
-    assert all(t.numel() > 0 for t in plain.state_dict().values()) and model.config.hidden_size == 32
+    assert model.config.hidden_size == 32
