@@ -3,8 +3,9 @@
 One launch trains several jobs in the same two processes (each launch costs a minute of start-up on a
 loaded CI box): PPO/GAE under ZeRO-2 and ZeRO-3 on the same global batch as a single-process run, GRPO
 under ZeRO-2, and a GRPO ZeRO-3 run that is killed right after checkpoint 1. A second launch reruns the
-killed job, which must resume and log only step 2. SFT runs under ZeRO-2 on 2 ranks and is compared
-with one process on the same global batch.
+killed job, which must resume and log only step 2. SFT runs under ZeRO-2 on 2 ranks, and under the
+cluster's default ZeRO-3 as a two-node TrainJob (two torchrun agents on 127.0.0.1 running the job's own
+worker command); both are compared with one process on the same global batch.
 
 Same answer: rollouts are greedy with agent.batch_size 1 (each episode generated alone, so a rank's
 episodes are exactly the single process's), one global mini-batch per step and `sequence_mean`, so the
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 import torch
+from cluster_helpers import RECORD_WRITES_SITE, LocalTrainJobOperator
 from rl_helpers import SFT_WORKER, compose_small, untrained_tiny_model
 
 from mem1_core.config import PPOConfig
@@ -45,7 +47,7 @@ LOSS_REL, LOSS_ABS = 1e-4, 1e-6
 # process on batch 8 (accelerate deals the ranks alternate batches of one seeded permutation; 32 examples,
 # so no rank pads its last batch) and the Trainer averages the loss over the global batch's completion
 # tokens, so only float32 summation order differs. No SFT gradient sits at float32-noise level, so AdamW
-# has nothing to amplify: ZeRO-2 measured 7.5e-9, one ulp of a weight below 0.125. SFT_ATOL =
+# has nothing to amplify: ZeRO-2 and ZeRO-3 measured 7.5e-9, one ulp of a weight below 0.125. SFT_ATOL =
 # lr / 1000 leaves a hundredfold margin; one process on half the batch (what ranks that did not shard the
 # data would compute) ends 4.5e-3 away.
 SFT_ATOL = 1e-6
@@ -343,4 +345,88 @@ def test_sft_under_zero2_on_two_cpu_ranks_matches_one_process(
     one = json.loads((single.parent / "sft_summary.json").read_text())
     assert summary["train_loss"] == pytest.approx(one["train_loss"], rel=LOSS_REL)
     model, _ = models.load_model(out / "model", cfg.model)
+    assert model.config.hidden_size == 32
+
+
+# The launching pod: the sft_warmup component's launch code with num_nodes 2 (a TrainJob), in a process of
+# its own that finds the "cluster" through its kubeconfig, as a pod finds it through its service account.
+LAUNCHING_POD = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    from components.launch import train
+
+    section, data_dir, out_dir = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    model = train("sft", section, data_dir, out_dir, None, None, num_nodes=2, gpus_per_node=0)
+    print(f"trained model: {model}")
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_node_trainjob_runs_its_worker_command_and_matches_one_process(
+    data_dir: Path, sft_one_process: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two "nodes" on 127.0.0.1 (two torchrun agents, --nnodes 2, one process each) run the command of
+    the TrainJob the component creates, with the cluster's default ZeRO-3, and end as one process does."""
+    from transformers import AutoModelForCausalLM
+
+    from mem1_core import models
+    from mem1_core.config import ModelConfig
+
+    site, reports = tmp_path / "site", tmp_path / "writes"
+    site.mkdir()
+    reports.mkdir()
+    (site / "sitecustomize.py").write_text(RECORD_WRITES_SITE, encoding="utf-8")
+    node_env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    node_env |= {"PYTHONPATH": f"{site}{os.pathsep}{REPO}", "RECORD_WRITES_DIR": str(reports)}
+    node_env.pop("CUDA_VISIBLE_DEVICES", None)
+    out = tmp_path / "out"
+    with LocalTrainJobOperator(node_env, REPO, tmp_path / "nodes") as operator:
+        pod_env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}  # not in-cluster
+        pod_env |= {
+            "PYTHONPATH": str(REPO),
+            "KUBECONFIG": str(operator.kubeconfig(tmp_path / "kubeconfig")),
+            "MEM1_NAMESPACE": "team-a",
+            "MEM1_TRAINER_IMAGE": "mem1-trainer:local",
+            "MEM1_WORKSPACE": str(tmp_path / "workspace"),
+        }
+        section = json.dumps(small_sft())  # names no deepspeed_config: the workers' default, ZeRO-3
+        cmd = [sys.executable, "-c", LAUNCHING_POD, section, str(data_dir), str(out)]
+        pod = subprocess.run(cmd, cwd=REPO, env=pod_env, capture_output=True, text=True, timeout=900)
+    logs = [operator.node_log(i) for i in range(len(operator.node_commands))]
+    assert pod.returncode == 0, pod.stdout[-3000:] + pod.stderr[-3000:] + "".join(x[-4000:] for x in logs)
+    assert f"trained model: {out}" in pod.stdout and "Complete: JobSucceeded" in pod.stdout
+
+    [job] = operator.created
+    trainer = job["spec"]["trainer"]
+    assert job["kind"] == "TrainJob" and trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 1
+    assert "sft.deepspeed_config=configs/deepspeed_zero3.json" in trainer["args"]
+    # each node ran exactly the job's command: torchrun, then the args the component built
+    for command in operator.node_commands:
+        assert Path(command[0]).name == "torchrun" and command[1:] == trainer["args"]
+    assert [e["PET_NODE_RANK"] for e in operator.node_env] == ["0", "1"]
+    assert operator.exit_codes == [0, 0]
+
+    # rank 0 alone saves the model and logs (the CLI prints what the pipeline sends to MLflow)
+    writes = [json.loads((reports / f"rank{r}.json").read_text())["writes"] for r in (0, 1)]
+    assert writes == [["models.save_model"], []]
+    assert "sft step 1:" in logs[0] and "sft step" not in logs[1]
+    assert "DeepSpeed" in logs[0]
+
+    # the same artefacts as the one-node run: the model's files, its summary, its weights
+    single = sft_one_process["global"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in single.iterdir())
+    two, one = (json.loads((d / "mem1.json").read_text())["extra"]["sft"] for d in (out, single))
+    assert {k: v for k, v in two.items() if k != "train_loss"} == {
+        k: v for k, v in one.items() if k != "train_loss"
+    }
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=LOSS_REL)
+    assert_same_sft(out, single)
+    model, _ = models.load_model(out, ModelConfig())  # checks mem1.json's hashes
+    plain = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True)
+    assert all(t.numel() > 0 for t in plain.state_dict().values()), (
+        "ZeRO-3 shards saved, not gathered weights"
+    )
     assert model.config.hidden_size == 32
