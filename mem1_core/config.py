@@ -263,11 +263,13 @@ class PPOConfig(StrictModel):
         description="token_mean: every generated token weighs the same (long episodes weigh more); "
         "sequence_mean: each episode's tokens are averaged first, so every episode weighs the same",
     )
-    reward: Literal["env", "f1"] = Field(
+    reward: Literal["env", "f1", "grounded"] = Field(
         "env",
         description="env: the environment's reward (QA: mean EM over objectives, shop: its score). f1 "
         "(QA only): mean token F1 over objectives, partial credit for a partly copied name; format "
-        "errors still earn 0",
+        "errors still earn 0. grounded (QA only): EM, but an answer counts only when it appears in an "
+        "observation of the same episode, so a name recalled from the weights (right by luck or by "
+        "memorising the training world) earns nothing and only reading and copying is rewarded",
     )
     minibatch_size: int = Field(16, ge=1, description="episodes per optimizer step (all ranks together)")
     ppo_epochs: int = Field(1, ge=1)

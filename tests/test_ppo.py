@@ -240,3 +240,26 @@ def test_f1_reward_gives_partial_credit_and_nothing_for_a_format_error(
     trainer = ppo.PPOTrainer(small_ppo(steps=1, reward="f1"), data_dir, model_dir, tmp_path)
     metrics = trainer.train_step()
     assert 0.0 <= metrics["reward"] <= 1.0 and metrics["em"] <= metrics["reward"] + 1e-9
+
+
+def test_grounded_reward_counts_only_answers_read_in_an_observation(
+    data_dir: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    from mem1_core.agent.types import Trajectory, Turn
+
+    def traj(preds: list[str], observations: list[str]) -> Trajectory:
+        turns = [Turn([1], [2], "x", observation=o) for o in observations]
+        gold = [["Ada Lovelace"], ["Paris"], ["yes"]]
+        return Trajectory("t", "mem1", 3, 0, turns=turns, reward=1.0, predictions=preds, gold=gold)
+
+    docs = ["<info>(Title: Ada) Ada Lovelace was born in London.</info>", "<info>Lyon is big.</info>"]
+    right = ["Ada Lovelace", "Paris", "yes"]
+    # Paris is right but was never read: recalled from the weights, so it earns nothing.
+    assert ppo.episode_reward(traj(right, docs), "grounded") == pytest.approx(2 / 3)
+    assert ppo.episode_reward(traj(right, docs), "env") == 1.0
+    assert ppo.episode_reward(traj(right, [*docs, "<info>Paris, the capital.</info>"]), "grounded") == 1.0
+    # Whole words only: "Ada" inside "Adams" is not a read of "Ada".
+    assert not ppo._was_read("Ada", traj(right, ["<info>Adams</info>"]))
+    trainer = ppo.PPOTrainer(small_ppo(steps=1, reward="grounded"), data_dir, model_dir, tmp_path)
+    metrics = trainer.train_step()
+    assert 0.0 <= metrics["reward"] <= metrics["em"] + 1e-9  # grounding only takes answers away

@@ -234,3 +234,13 @@ def test_whole_pipeline_locally_with_domain_shop(
     assert any(k.startswith("success_rate.n1.mem1") for k in runs["evaluate"].data.metrics)
     manifests = [p for p in (run_dir / "kfp").rglob("manifest.json") if p.parent.name == "dataset"]
     assert manifests and all(json.loads(p.read_text())["domain"] == "shop" for p in manifests)
+
+
+@pytest.mark.parametrize("reward", ["f1", "grounded"])
+def test_qa_only_rewards_are_refused_on_shop_data(data_dir: Path, tmp_path: Path, reward: str) -> None:
+    from mem1_core.config import ConfigError, PPOConfig
+    from mem1_core.rl import ppo
+
+    # Refused from the data set's domain alone, before any model is read (none exists here).
+    with pytest.raises(ConfigError, match=f"'{reward}' scores QA answers"):
+        ppo.PPOTrainer(PPOConfig(reward=reward, prompts_per_step=4), data_dir, tmp_path / "none", tmp_path)

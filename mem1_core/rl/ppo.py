@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ from mem1_core.config import ConfigError, ModelConfig, PPOConfig
 from mem1_core.data.compose import load_corpus, load_tasks
 from mem1_core.envs import domains
 from mem1_core.envs.qa import score_answers
+from mem1_core.protocol.scoring import normalize_answer
 from mem1_core.rl import checkpoint, distributed
 from mem1_core.rl.advantages import gae, group_advantages, group_stats
 from mem1_core.rl.attention import AttentionBackend, resolve_backend
@@ -70,6 +72,7 @@ PACK_TOKENS = 4096  # row width when packing (flex backend); dense pads one epis
 RANK_SEED_STRIDE = 1_000_000  # rank r samples with seed + r * stride (rank 0 = the single-process seed)
 SUMMED_METRICS = ("update_tokens_per_s", "rollout_tokens_per_s")  # throughput of the whole job
 SLOWEST_METRICS = ("rollout_s", "score_s", "heldout_s")  # the step waits for the slowest rank
+_TAG = re.compile(r"<[^<>]*>")  # a markup tag in an observation
 REWARD_WINDOW = 10  # steps in the reward moving average
 HISTORY_FILE = "ppo_history.json"  # the per-step metrics, also inside the model dir (the learning curve)
 
@@ -95,12 +98,26 @@ def _em(traj: Any) -> float:
 
 
 def episode_reward(traj: Any, how: str) -> float:
-    """The reward PPO trains on: the environment's, or (QA) mean F1 over objectives, 0 on a format error."""
+    """The reward PPO trains on: the environment's; or (QA) mean F1 over objectives; or (QA) EM over
+    the answers the episode read in an observation (`grounded`); 0 on a format error."""
     if how == "env":
         return float(traj.reward)
     if traj.format_error is not None or not traj.gold:
         return 0.0
-    return float(score_answers(list(traj.predictions), [tuple(g) for g in traj.gold])["f1"])
+    gold = [tuple(g) for g in traj.gold]
+    if how == "f1":
+        return float(score_answers(list(traj.predictions), gold)["f1"])
+    return float(score_answers([p if _was_read(p, traj) else "" for p in traj.predictions], gold)["em"])
+
+
+def _was_read(prediction: str, traj: Any) -> bool:
+    """The answer appears, as whole words, in an observation of the episode (yes/no are judgements,
+    never copied, so they always count). Tags are cut first: normalising "<info>Paris" glues them."""
+    answer = normalize_answer(prediction)
+    if answer in ("yes", "no"):
+        return True
+    seen = normalize_answer(_TAG.sub(" ", " ".join(turn.observation for turn in traj.turns)))
+    return bool(answer) and f" {answer} " in f" {seen} "
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -157,8 +174,10 @@ class PPOTrainer:
                 f"ppo.prompts_per_step {cfg.prompts_per_step} is more than the {len(self.tasks)} train tasks"
             )
         self.domain = domains.domain_of(Path(data_dir))
-        if cfg.reward == "f1" and self.domain != "qa":
-            raise ConfigError(f"ppo.reward 'f1' scores QA answers; the data set's domain is {self.domain!r}")
+        if cfg.reward != "env" and self.domain != "qa":
+            raise ConfigError(
+                f"ppo.reward {cfg.reward!r} scores QA answers; the data set's domain is {self.domain!r}"
+            )
         corpus = load_corpus(Path(data_dir))
         catalog = domains.load_shop_catalog(Path(data_dir)) if self.domain == "shop" else None
         self.device = self.dist.device
