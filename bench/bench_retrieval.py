@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +31,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.bar import BarMissed  # noqa: E402
-from bench.bench_retrieval_load import PROCESSES, _client_process, _free_port, _percentile  # noqa: E402
+from bench.bench_retrieval_load import PROCESSES, _free_port, _percentile, drive_clients, stop_server  # noqa: E402
 from mem1_core.config import ComposeConfig, EvalConfig, RetrievalConfig, SourceSpec  # noqa: E402
 from mem1_core.data import compose  # noqa: E402
 from mem1_core.data.types import QAItem  # noqa: E402
@@ -139,21 +138,10 @@ def http_load(data_dir: Path, kind: str, queries: list[str], tmp: Path) -> dict[
     port = _free_port()
     server, startup = _start_server(data_dir, kind, port, tmp / f"server-{kind}.log")
     try:
-        url = f"http://127.0.0.1:{port}"
-        per = [CLIENTS // PROCESSES + (i < CLIENTS % PROCESSES) for i in range(PROCESSES)]
-        deadline = time.time() + 5 + HTTP_SECONDS
-        with ProcessPoolExecutor(PROCESSES) as pool:
-            futures = [pool.submit(_client_process, url, n, deadline, queries, i) for i, n in enumerate(per)]
-            t_start = deadline - HTTP_SECONDS
-            parts = [f.result(timeout=HTTP_SECONDS + 180) for f in futures]
-        wall = time.time() - t_start
+        parts, wall = drive_clients(f"http://127.0.0.1:{port}", queries, HTTP_SECONDS, CLIENTS)
         alive = server.poll() is None
     finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
     lat = sorted(x for p in parts for x in p["latencies"])
     errors = sum(v for p in parts for v in p["errors"].values())
     return {

@@ -23,6 +23,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -117,6 +118,28 @@ def _start_server(corpus: Path, port: int, log: Path) -> subprocess.Popen[bytes]
     raise RuntimeError("retrieval server did not come up in 120 s")
 
 
+def drive_clients(
+    url: str, queries: list[str], seconds: float, clients: int = CLIENTS
+) -> tuple[list[dict[str, Any]], float]:
+    """`clients` keep-alive clients over PROCESSES processes for `seconds`: each process's latencies and
+    errors, and the measured window's wall time (the workers get 5 s to start before it opens)."""
+    per = [clients // PROCESSES + (i < clients % PROCESSES) for i in range(PROCESSES)]
+    deadline = time.time() + 5 + seconds
+    with ProcessPoolExecutor(PROCESSES) as pool:
+        futures = [pool.submit(_client_process, url, n, deadline, queries, i) for i, n in enumerate(per)]
+        t_start = deadline - seconds
+        parts = [f.result(timeout=seconds + 180) for f in futures]
+    return parts, time.time() - t_start
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def main(results_dir: Path) -> dict[str, float]:
     import psutil
 
@@ -133,24 +156,11 @@ def main(results_dir: Path) -> dict[str, float]:
         try:
             server_ps = psutil.Process(server.pid)
             rss_before = server_ps.memory_info().rss / 2**20
-            url = f"http://127.0.0.1:{port}"
-            per = [CLIENTS // PROCESSES + (i < CLIENTS % PROCESSES) for i in range(PROCESSES)]
-            deadline = time.time() + 5 + SECONDS  # 5 s for the workers to start, then the measured window
-            with ProcessPoolExecutor(PROCESSES) as pool:
-                futures = [
-                    pool.submit(_client_process, url, n, deadline, queries, i) for i, n in enumerate(per)
-                ]
-                t_start = deadline - SECONDS
-                parts = [f.result(timeout=SECONDS + 120) for f in futures]
-            wall = time.time() - t_start
+            parts, wall = drive_clients(f"http://127.0.0.1:{port}", queries, SECONDS)
             rss_after = server_ps.memory_info().rss / 2**20
             alive = server.poll() is None
         finally:
-            server.terminate()
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_server(server)
 
     lat = sorted(x for p in parts for x in p["latencies"])
     errors: dict[str, int] = {}
