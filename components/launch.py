@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from components.mlflow_runs import nested_run
@@ -33,11 +35,14 @@ def train(
     num_nodes: int = 1,
     gpus_per_node: int = 1,
     launcher: str = "trainjob",
+    worker_env: Mapping[str, str] | None = None,
 ) -> Path:
     """Run SFT or PPO: in this process on one device, torchrun on one node, a training job on many.
 
     Returns the trained model directory. The multi-node path goes through components.trainjob, which
     creates a TrainJob / PyTorchJob whose workers share the workspace volume with this pod.
+    `worker_env` is set on the worker processes (torchrun's or the job's): `log` cannot reach them, so
+    the MLflow run to log to travels there (RunHandle.worker_env).
     """
     if kind not in ("sft", "ppo"):
         raise ValueError(f"unknown training step {kind!r}: use sft or ppo")
@@ -55,9 +60,10 @@ def train(
             num_nodes=num_nodes,
             gpus_per_node=gpus_per_node,
             launcher=launcher,
+            worker_env=worker_env,
         )
     if gpus_per_node > 1:
-        return _torchrun_single_node(kind, section, data_dir, model_dir, out_dir, gpus_per_node)
+        return _torchrun_single_node(kind, section, data_dir, model_dir, out_dir, gpus_per_node, worker_env)
     if kind == "sft":
         from mem1_core.rl import sft  # torch, trl: heavy, loaded only in a training pod
 
@@ -84,7 +90,9 @@ def train_step(
     """The body of the sft_warmup and ppo_train components: `train` inside a nested MLflow run.
 
     The trained model is copied into the component's output path `out_model` (its work dir is next
-    to it). Returns the MLflow run id and the last value of every metric, for the KFP Metrics output.
+    to it). Returns the MLflow run id and the last value of every metric, for the KFP Metrics output:
+    logged here in one process; under torchrun or a job, rank 0 of the workers logs them to the run
+    and they are read back from it.
     """
     # heavy (torch, matplotlib): loaded only inside a training pod, not where the pipeline is compiled
     from mem1_core.eval.plots import learning_curve
@@ -98,7 +106,10 @@ def train_step(
             last.update(values)
             run.log(values, step_index)
 
-        out = train(kind, section, data_dir, work, model_dir, log, num_nodes, gpus_per_node, launcher)
+        env = run.worker_env()
+        out = train(kind, section, data_dir, work, model_dir, log, num_nodes, gpus_per_node, launcher, env)
+        if not last:  # the workers (torchrun, a training job) logged to the run themselves
+            last = run.last_metrics()
         history = out / HISTORY_FILE
         if history.is_file():  # PPO: its learning curve beside the step's metrics
             rows = json.loads(history.read_text(encoding="utf-8"))
@@ -108,11 +119,17 @@ def train_step(
 
 
 def _torchrun_single_node(
-    kind: str, section: str, data_dir: Path, model_dir: Path | None, out_dir: Path, gpus: int
+    kind: str,
+    section: str,
+    data_dir: Path,
+    model_dir: Path | None,
+    out_dir: Path,
+    gpus: int,
+    worker_env: Mapping[str, str] | None = None,
 ) -> Path:
     config_path = write_step_config(kind, section, out_dir.parent / f"{kind}-config.yaml")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
     cmd += step_command(kind, config_path, data_dir, model_dir, out_dir)
     print("running:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env={**os.environ, **(worker_env or {})})
     return out_dir / "model"

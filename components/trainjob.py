@@ -15,7 +15,7 @@ import shutil
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,11 +326,14 @@ def run_distributed_step(
     launcher: str,
     api: Any | None = None,
     environ: dict[str, str] | None = None,
+    worker_env: Mapping[str, str] | None = None,
 ) -> Path:
     """Stage inputs on the shared workspace, run the job, copy the trained model back to `out_dir`.
 
     Cluster facts come from the environment the pipeline sets on the training tasks (components.pod_env:
-    namespace, trainer image, workspace and its PVC, GPU node selector and tolerations).
+    namespace, trainer image, workspace and its PVC, GPU node selector and tolerations). `worker_env`
+    (the step's MLflow run: MLFLOW_RUN_ID and the URI it lives at) is added to the workers' env, over
+    the MLflow ConfigMap's values.
     """
     env = dict(os.environ if environ is None else environ)
     missing = [k for k in pod_env.REQUIRED if not env.get(k)]
@@ -353,7 +356,7 @@ def run_distributed_step(
         tolerations=json.loads(env.get(pod_env.GPU_TOLERATIONS, "[]")),
         workspace_pvc=env.get(pod_env.WORKSPACE_PVC) or None,
         workspace_mount=env[pod_env.WORKSPACE],
-        env={k: env[k] for k in pod_env.MLFLOW_CONFIG_KEYS if env.get(k)},
+        env={**{k: env[k] for k in pod_env.MLFLOW_CONFIG_KEYS if env.get(k)}, **(worker_env or {})},
         secret_env={
             k: (env.get(pod_env.MLFLOW_SECRET, pod_env.DEFAULT_MLFLOW_SECRET), k)
             for k in pod_env.MLFLOW_SECRET_KEYS

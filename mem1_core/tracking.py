@@ -33,6 +33,9 @@ PARAMS_PER_BATCH = 100
 TAG_PIPELINE_RUN = "mem1.pipeline_run_id"
 TAG_STEP = "mem1.step"
 TAG_PARENT = "mlflow.parentRunId"
+# MLflow's own variables: a process that did not create a run logs to it by these (torchrun workers)
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+RUN_ID_ENV = "MLFLOW_RUN_ID"
 
 # Substrings of errors worth retrying: the server is down, restarting, overloaded, or SQLite is busy.
 _TRANSIENT_MARKERS = (
@@ -373,6 +376,17 @@ class RunHandle:
                 f"logging metrics at step {step}",
             )
 
+    def last_metrics(self) -> dict[str, float]:
+        """The latest value of every metric on the run, whichever process logged it (this one or workers)."""
+        run = self.tracker.call(
+            lambda: self.tracker.client.get_run(self.run_id), f"reading the metrics of run {self.run_id}"
+        )
+        return {k: float(v) for k, v in run.data.metrics.items()}
+
+    def worker_env(self) -> dict[str, str]:
+        """The environment that makes a process this one starts log to this run (see `run_from_env`)."""
+        return {TRACKING_URI_ENV: self.tracker.tracking_uri, RUN_ID_ENV: self.run_id}
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -424,6 +438,27 @@ class RunHandle:
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         self.log_text(json.dumps(obj, indent=2, sort_keys=True), artifact_file)
+
+
+def attach_run(run_id: str, tracking_uri: str | None = None) -> RunHandle:
+    """A handle on a run another process created and will end: `log` adds metrics to it by id.
+
+    Nothing here starts or terminates the run. Reading it first fails fast, naming the URI, when the
+    store is unreachable or holds no such run.
+    """
+    tracker = Tracker(tracking_uri or resolve_tracking_uri())
+    run = tracker.call(lambda: tracker.client.get_run(run_id), f"reading run {run_id}")
+    return RunHandle(tracker, run_id, run.info.experiment_id)
+
+
+def run_from_env() -> RunHandle | None:
+    """The run named by MLFLOW_RUN_ID (at MLFLOW_TRACKING_URI, else the default store), else None.
+
+    The launching step sets both on the workers it starts (RunHandle.worker_env); a command run by
+    hand without MLFLOW_RUN_ID gets None and logs nowhere.
+    """
+    run_id = os.environ.get(RUN_ID_ENV)
+    return attach_run(run_id) if run_id else None
 
 
 def tracker_from_env(run_dir: str | Path, cfg: TrackingConfig | None = None) -> Tracker:

@@ -5,7 +5,8 @@ loaded CI box): PPO/GAE under ZeRO-2 and ZeRO-3 on the same global batch as a si
 under ZeRO-2, and a GRPO ZeRO-3 run that is killed right after checkpoint 1. A second launch reruns the
 killed job, which must resume and log only step 2. SFT runs under ZeRO-2 on 2 ranks, and under the
 cluster's default ZeRO-3 as a two-node TrainJob (two torchrun agents on 127.0.0.1 running the job's own
-worker command); both are compared with one process on the same global batch.
+worker command, logging to the step's MLflow run from rank 0); both are compared with one process on the
+same global batch.
 
 Same answer: rollouts are greedy with agent.batch_size 1 (each episode generated alone, so a rank's
 episodes are exactly the single process's), one global mini-batch per step and `sequence_mean`, so the
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -348,20 +350,35 @@ def test_sft_under_zero2_on_two_cpu_ranks_matches_one_process(
     assert model.config.hidden_size == 32
 
 
-# The launching pod: the sft_warmup component's launch code with num_nodes 2 (a TrainJob), in a process of
-# its own that finds the "cluster" through its kubeconfig, as a pod finds it through its service account.
+# The launching pod: the sft_warmup component's body (a parent run as prepare_run makes it, then the step
+# in its nested run) with num_nodes 2 (a TrainJob), in a process of its own that finds the "cluster"
+# through its kubeconfig, as a pod finds it through its service account.
 LAUNCHING_POD = textwrap.dedent(
     """
-    import sys
+    import json, sys
     from pathlib import Path
 
-    from components.launch import train
+    from components.launch import train_step
+    from components.mlflow_runs import start_parent_run
 
-    section, data_dir, out_dir = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-    model = train("sft", section, data_dir, out_dir, None, None, num_nodes=2, gpus_per_node=0)
-    print(f"trained model: {model}")
+    section, data_dir, out_dir, uri = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+    parent = start_parent_run(uri, "mem1", "pipeline", {})
+    run_id, metrics = train_step(
+        "sft", section, uri, parent, "sft_warmup", data_dir, None, out_dir, 2, 0, "trainjob"
+    )
+    print("step result: " + json.dumps({"parent": parent, "run_id": run_id, "metrics": metrics}))
     """
 )
+
+
+def printed_metrics(log: str) -> dict[str, list[int]]:
+    """The steps at which the CLI printed each metric (`sft step N: key=value ...`, stage sft; a progress
+    bar may precede it on its line)."""
+    steps: dict[str, list[int]] = {}
+    for step, values in re.findall(r"sft step (\d+): (.*)", log):
+        for item in values.split():
+            steps.setdefault(f"sft/{item.split('=', 1)[0]}", []).append(int(step))
+    return steps
 
 
 @pytest.mark.slow
@@ -369,7 +386,9 @@ def test_two_node_trainjob_runs_its_worker_command_and_matches_one_process(
     data_dir: Path, sft_one_process: dict[str, Path], tmp_path: Path
 ) -> None:
     """Two "nodes" on 127.0.0.1 (two torchrun agents, --nnodes 2, one process each) run the command of
-    the TrainJob the component creates, with the cluster's default ZeRO-3, and end as one process does."""
+    the TrainJob the component creates, with the cluster's default ZeRO-3, and end as one process does.
+    Rank 0 logs every step to the step's nested MLflow run (SQLite here), and the step reads them back."""
+    from mlflow.tracking import MlflowClient
     from transformers import AutoModelForCausalLM
 
     from mem1_core import models
@@ -393,11 +412,15 @@ def test_two_node_trainjob_runs_its_worker_command_and_matches_one_process(
             "MEM1_WORKSPACE": str(tmp_path / "workspace"),
         }
         section = json.dumps(small_sft())  # names no deepspeed_config: the workers' default, ZeRO-3
-        cmd = [sys.executable, "-c", LAUNCHING_POD, section, str(data_dir), str(out)]
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        cmd = [sys.executable, "-c", LAUNCHING_POD, section, str(data_dir), str(out), uri]
         pod = subprocess.run(cmd, cwd=REPO, env=pod_env, capture_output=True, text=True, timeout=900)
     logs = [operator.node_log(i) for i in range(len(operator.node_commands))]
     assert pod.returncode == 0, pod.stdout[-3000:] + pod.stderr[-3000:] + "".join(x[-4000:] for x in logs)
-    assert f"trained model: {out}" in pod.stdout and "Complete: JobSucceeded" in pod.stdout
+    assert "Complete: JobSucceeded" in pod.stdout
+    [result] = [
+        json.loads(x.split(": ", 1)[1]) for x in pod.stdout.splitlines() if x.startswith("step result:")
+    ]
 
     [job] = operator.created
     trainer = job["spec"]["trainer"]
@@ -407,6 +430,9 @@ def test_two_node_trainjob_runs_its_worker_command_and_matches_one_process(
     for command in operator.node_commands:
         assert Path(command[0]).name == "torchrun" and command[1:] == trainer["args"]
     assert [e["PET_NODE_RANK"] for e in operator.node_env] == ["0", "1"]
+    # the workers get the step's nested run by MLflow's own variables
+    env = {e["name"]: e.get("value") for e in trainer["env"]}
+    assert env["MLFLOW_RUN_ID"] == result["run_id"] and env["MLFLOW_TRACKING_URI"] == uri
     assert operator.exit_codes == [0, 0]
 
     # rank 0 alone saves the model and logs (the CLI prints what the pipeline sends to MLflow)
@@ -414,6 +440,18 @@ def test_two_node_trainjob_runs_its_worker_command_and_matches_one_process(
     assert writes == [["models.save_model"], []]
     assert "sft step 1:" in logs[0] and "sft step" not in logs[1]
     assert "DeepSpeed" in logs[0]
+
+    # ... to MLflow: each printed metric once per step it was printed at (no second rank's copy), in the
+    # step's nested run, and the step's returned metrics (its KFP Metrics output) are their last values
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(result["run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == result["parent"] and run.info.status == "FINISHED"
+    printed = printed_metrics(logs[0])
+    steps = json.loads((out / "mem1.json").read_text())["extra"]["sft"]["steps"]
+    assert printed["sft/loss"] == list(range(1, steps + 1)) and "sft/data_examples" in printed
+    logged = {k: [m.step for m in client.get_metric_history(run.info.run_id, k)] for k in run.data.metrics}
+    assert {k: sorted(v) for k, v in logged.items()} == printed
+    assert result["metrics"] == run.data.metrics and "sft/train_loss" in result["metrics"]
 
     # the same artefacts as the one-node run: the model's files, its summary, its weights
     single = sft_one_process["global"]

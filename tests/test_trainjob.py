@@ -286,7 +286,9 @@ def test_run_distributed_step_stages_workspace_and_copies_model_back(tmp_path: P
         "MEM1_WORKSPACE_PVC": "mem1-workspace",
         "MEM1_GPU_NODE_SELECTOR": json.dumps({"pool": "gpu"}),
         "MEM1_GPU_TOLERATIONS": json.dumps([{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]),
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",  # the MLflow ConfigMap's value
     }
+    run_env = {"MLFLOW_TRACKING_URI": "http://mlflow.mem1:5000", "MLFLOW_RUN_ID": "0123abcd"}
     script = [[cond("Created")], [cond("Complete", "JobSucceeded")]]
 
     class Worker(FakeApiServer):
@@ -318,6 +320,7 @@ def test_run_distributed_step_stages_workspace_and_copies_model_back(tmp_path: P
             TRAINJOB,
             api=srv.api(),
             environ=environ,
+            worker_env=run_env,
         )
     body = srv.requests[0]["body"]
     validate_against_crd(body, TRAINJOB)
@@ -330,6 +333,10 @@ def test_run_distributed_step_stages_workspace_and_copies_model_back(tmp_path: P
     assert yaml.safe_load(Path(args[args.index("--config") + 1]).read_text()) == {"ppo": {"steps": 1}}
     assert body["spec"]["podTemplateOverrides"][0]["spec"]["nodeSelector"] == {"pool": "gpu"}
     assert (result / "model.safetensors").read_bytes() == b"weights"
+    # the step's MLflow run reaches the workers (where it lives wins over the ConfigMap's URI)
+    env = {e["name"]: e for e in body["spec"]["trainer"]["env"]}
+    assert {k: env[k]["value"] for k in run_env} == run_env
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "mem1-mlflow-credentials"
 
 
 @pytest.mark.parametrize("kind", ["sft", "ppo"])

@@ -30,12 +30,12 @@ def run(args: argparse.Namespace) -> int:
 
     # lazy: `mem1 ppo --help` must not pay for what the step imports (torch, mlflow, kfp)
     from mem1_core.commands.overrides import config_from_args
-    from mem1_core.commands.sft import print_metrics
+    from mem1_core.commands.sft import metrics_log
     from mem1_core.eval.plots import learning_curve
     from mem1_core.rl import ppo
 
     cfg = config_from_args(args).ppo
-    model_dir = ppo.run(cfg, Path(args.data_dir), Path(args.model), Path(args.out), log=print_metrics)
+    model_dir = ppo.run(cfg, Path(args.data_dir), Path(args.model), Path(args.out), log=metrics_log())
     history = json.loads((model_dir / ppo.HISTORY_FILE).read_text(encoding="utf-8"))
     print(f"ppo model: {model_dir}")
     print(f"learning curve: {learning_curve(history, Path(args.out) / 'learning_curve.png')}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +27,28 @@ def print_metrics(metrics: dict[str, float], step: int) -> None:
     print(f"{'+'.join(stages) or 'sft'} step {step}: {shown}", flush=True)
 
 
+def metrics_log() -> Callable[[dict[str, float], int], None]:
+    """What `mem1 sft|ppo` does with each step's metrics: print them and, when MLFLOW_RUN_ID names a run
+    (the launching step's nested run, set on torchrun and training-job workers), log them to it.
+
+    Rank 0 alone logs (RANK as torchrun sets it; 0 in a plain process), so each step is logged once.
+    """
+    # lazy: `mem1 sft --help` must not pay for torch (distributed) and mlflow (tracking)
+    from mem1_core import tracking
+    from mem1_core.rl import distributed
+
+    run = tracking.run_from_env() if distributed.env_rank() == 0 else None
+    if run is None:
+        return print_metrics
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        print_metrics(metrics, step)
+        run.log(metrics, step)
+
+    print(f"logging metrics to MLflow run {run.run_id}", flush=True)
+    return log
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -34,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
     from mem1_core.rl import sft
 
     cfg = config_from_args(args).sft
-    model_dir = sft.run(cfg, Path(args.data_dir), Path(args.out), log=print_metrics)
+    model_dir = sft.run(cfg, Path(args.data_dir), Path(args.out), log=metrics_log())
     print(f"sft model: {model_dir}")
     return 0
