@@ -28,14 +28,15 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     # lazy: `mem1 register --help` must not pay for what the step imports (torch, mlflow, kfp)
-    from mem1_core import registry
     from mem1_core.commands.overrides import config_from_args
+    from mem1_core.registry import registration
+    from mem1_core.registry.inputs import RegistryError
     from mem1_core.tracking import Tracker, TrackingError
 
     cfg = config_from_args(args)
     tracker = Tracker.from_config(cfg.tracking, cfg.run_dir)
     try:
-        result = registry.run(
+        result = registration.run(
             cfg.registry,
             Path(args.model),
             Path(args.eval_dir),
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             tracker,
             parent_run_id=args.parent_run_id,
         )
-    except (registry.RegistryError, TrackingError) as e:
+    except (RegistryError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     state = "new version" if result.created else "already registered"
