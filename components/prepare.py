@@ -33,7 +33,7 @@ def prepare_run(
     sft=str,
     ppo=str,
     eval=str,
-    registry=str,
+    register=str,
     tracking_uri=str,
 ):
     import json
@@ -61,6 +61,6 @@ def prepare_run(
     )
     Path(config.path).write_text(json.dumps(cfg.model_dump(mode="json"), indent=2), encoding="utf-8")
     config.metadata["parent_run_id"] = parent
-    out = namedtuple("Sections", "parent_run_id compose sft ppo eval registry tracking_uri")
-    sections = [step_config.section_json(cfg, name) for name in ("compose", "sft", "ppo", "eval", "registry")]
+    out = namedtuple("Sections", "parent_run_id compose sft ppo eval register tracking_uri")
+    sections = [step_config.section_json(cfg, name) for name in ("compose", "sft", "ppo", "eval", "register")]
     return out(parent, *sections, uri)

@@ -4,7 +4,7 @@ from kfp import dsl
 
 
 def register_model(
-    registry_json: str,
+    register_json: str,
     tracking_uri: str,
     parent_run_id: str,
     dataset: dsl.Input[dsl.Dataset],
@@ -19,9 +19,9 @@ def register_model(
     from mem1_core.config import RegisterConfig, parse_section
     from mem1_core.registry import registration
 
-    cfg = parse_section(RegisterConfig, registry_json, "registry")
+    cfg = parse_section(RegisterConfig, register_json, "register")
     with mlflow_runs.nested_run(
-        tracking_uri, parent_run_id, "register_model", json.loads(registry_json)
+        tracking_uri, parent_run_id, "register_model", json.loads(register_json)
     ) as run:
         result = registration.run(cfg, Path(model.path), Path(eval_results.path), Path(dataset.path), run)
     Path(report.path).write_text(reports.registration_markdown(result.to_dict()), encoding="utf-8")

@@ -248,7 +248,7 @@ def build_pipeline(
             record_eval = record("evaluate", prep.outputs["eval"], ev, "metrics", "results", "log evaluation")
 
             register = c.register_model(
-                registry_json=prep.outputs["registry"],
+                register_json=prep.outputs["register"],
                 tracking_uri=uri,
                 parent_run_id=parent,
                 dataset=compose.outputs["dataset"],

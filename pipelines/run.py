@@ -134,7 +134,7 @@ def run_local(
         if eval_dir and (eval_dir / "table.md").exists()
         else ""
     )
-    name = config.registry.model_name
+    name = config.register.model_name
     registered, aliases = _registered(uri, name)
     grid: list[dict[str, Any]] = []
     if eval_dir is not None and (eval_dir / "metrics.json").is_file():
@@ -152,7 +152,7 @@ def run_local(
         model_ref=f"models:/{name}@{'champion' if 'champion' in aliases else 'candidate'}"
         if registered
         else "",
-        questions=_sample_questions(run_dir / "kfp", config.registry.gate_objectives),
+        questions=_sample_questions(run_dir / "kfp", config.register.gate_objectives),
     )
     return LocalResult(run_dir, uri, outputs, eval_dir, table, registered, summary)
 

@@ -9,7 +9,7 @@ import pytest
 
 from components import build, launch, mlflow_runs, step_config
 from components.images import Images
-from mem1_core.config import ConfigError, PipelineConfig, load_config
+from mem1_core.config import ConfigError, DeprecatedNameWarning, PipelineConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,8 +40,26 @@ def test_named_parameters_and_overrides_win_in_order() -> None:
     assert cfg.compose.sources[0].kind == "hotpotqa"
     assert cfg.compose.train_objectives == [2, 3]
     assert cfg.compose.eval_objectives == [1, 4] and cfg.eval.objectives == [1, 4]
-    assert cfg.registry.em_floor == 0.25 and cfg.domain == "shop"
+    assert cfg.register.gate_floor == 0.25 and cfg.domain == "shop"
     assert cfg.tracking.tracking_uri == "http://mlflow:5000"
+
+
+def test_old_key_names_still_merge_with_a_warning() -> None:
+    old = json.loads(tiny_json())
+    old["registry"] = {"model_name": "m", "em_floor": 0.1}
+    old["register"] = {"gate_objectives": 1}  # a section under both names merges
+    with pytest.warns(DeprecatedNameWarning) as seen:
+        cfg = step_config.merge_config(json.dumps(old))
+    assert {str(w.message) for w in seen} == {
+        "'registry' is deprecated: use 'register'",
+        "'register.em_floor' is deprecated: use 'register.gate_floor'",
+    }
+    assert (cfg.register.model_name, cfg.register.gate_floor, cfg.register.gate_objectives) == ("m", 0.1, 1)
+    with pytest.warns(
+        DeprecatedNameWarning, match="'registry.em_floor' is deprecated: use 'register.gate_floor'"
+    ):
+        cfg = step_config.merge_config(tiny_json(), overrides={"registry.em_floor": 0.3})
+    assert cfg.register.gate_floor == 0.3
 
 
 def test_bad_parameters_name_the_field() -> None:

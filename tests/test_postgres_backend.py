@@ -81,7 +81,7 @@ def test_log_register_alias_load_through_a_postgres_backed_server(postgres_uri: 
         history = tracker.client.get_metric_history(run.run_id, "loss")
         assert [m.value for m in history] == [1.5, 0.5]
 
-        cfg = RegisterConfig(model_name=NAME, gate_objectives=2, gate_mode="mem1", em_floor=0.0)
+        cfg = RegisterConfig(model_name=NAME, gate_objectives=2, gate_mode="mem1", gate_floor=0.0)
         # register + alias
         result = registration.run(cfg, model, eval_dir(tmp_path, "ev", 0.5), data, tracker)
         assert result.created and result.promoted

@@ -139,7 +139,7 @@ def test_bad_inputs_fail_before_anything_remote(assets: dict[str, Path], tmp_pat
 
 
 def _register_and_promote(tracker: Tracker, assets: dict[str, Path], root: Path, tracking_uri: str) -> None:
-    cfg = RegisterConfig(model_name="mem1-agent", gate_objectives=2, gate_mode="mem1", em_floor=0.0)
+    cfg = RegisterConfig(model_name="mem1-agent", gate_objectives=2, gate_mode="mem1", gate_floor=0.0)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     first = registration.run(

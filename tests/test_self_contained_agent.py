@@ -76,7 +76,7 @@ def champion(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     model = make_model_dir(root / "model", data, seed=3)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     tracker = Tracker(uri, experiment="standalone", artifact_location=(root / "mlartifacts").as_uri())
-    cfg = RegisterConfig(model_name=NAME, gate_objectives=2, gate_mode="mem1", em_floor=0.0)
+    cfg = RegisterConfig(model_name=NAME, gate_objectives=2, gate_mode="mem1", gate_floor=0.0)
     result = registration.run(cfg, model, eval_dir(root, "ev", 0.5), data, tracker)
     assert result.promoted
     return {"uri": uri, "root": root, "model": model, "want": answers_before_registration(model, data)}

@@ -218,7 +218,7 @@ def test_whole_pipeline_locally_with_domain_shop(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run_dir = tmp_path / "runs"
     shop_sets = ["domain=shop", "compose.shop.n_products=20", "sft.agent.max_new_tokens=160"]
-    shop_sets += ["sft.max_seq_len=1024", "registry.model_name=mem1-shop-e2e"]
+    shop_sets += ["sft.max_seq_len=1024", "register.model_name=mem1-shop-e2e"]
     args = ["pipeline", "local", "--config", str(CONFIG), "--run-dir", str(run_dir)]
     rc = main(args + [x for s in shop_sets for x in ("--set", s)])
     out = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""`mem1 register`: register a model dir in MLflow; `champion` moves only when the EM gate passes."""
+"""`mem1 register`: register a model dir in MLflow; `champion` moves only when the promotion gate passes."""
 
 from __future__ import annotations
 
@@ -11,14 +11,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-dir runs/data   (MLFLOW_TRACKING_URI, else sqlite:///<run_dir>/mlflow.db)"
     )
     parser.add_argument(
-        "--config", default="configs/local-tiny.yaml", help="pipeline config YAML (registry:)"
+        "--config", default="configs/local-tiny.yaml", help="pipeline config YAML (register:)"
     )
     parser.add_argument("--model", required=True, help="model dir written by sft/ppo")
     parser.add_argument("--eval-dir", required=True, help="output of `mem1 eval` (metrics.json)")
     parser.add_argument("--data-dir", required=True, help="output of `mem1 compose` (manifest.json)")
     parser.add_argument("--parent-run-id", default=None, help="MLflow pipeline run to nest under")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. registry.em_floor=0.1"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override, e.g. register.gate_floor=0.1",
     )
 
 
@@ -37,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     tracker = Tracker.from_config(cfg.tracking, cfg.run_dir)
     try:
         result = registration.run(
-            cfg.registry,
+            cfg.register,
             Path(args.model),
             Path(args.eval_dir),
             Path(args.data_dir),

@@ -167,7 +167,7 @@ def run(
                     f"the champion (v{champion.version}) has no {gate_key}; promote by hand",
                 )
             else:
-                promoted, reason = promotion_gate(candidate_em, champion_em, cfg.em_floor, metric)
+                promoted, reason = promotion_gate(candidate_em, champion_em, cfg.gate_floor, metric)
             tags = {
                 TAG_KEY: key,
                 TAG_WEIGHTS: w_hash,
