@@ -103,6 +103,18 @@ def test_promotion_gate_rules() -> None:
     assert gate.promotion_gate(0.3, None, 0.4, "reward")[1].startswith("reward 0.3000 does not beat")
 
 
+def test_a_champion_tagged_under_the_old_name_is_still_compared() -> None:
+    from types import SimpleNamespace
+
+    key = "em@objectives=2,mode=mem1"
+    old = SimpleNamespace(tags={"mem1.gate_key": key, "mem1.gate_em": "0.25"})
+    new = SimpleNamespace(tags={"mem1.gate_key": key, "mem1.gate_score": "0.5", "mem1.gate_em": "0.25"})
+    assert gate.version_score(old, key) == 0.25
+    assert gate.version_score(new, key) == 0.5
+    assert gate.version_score(new, "reward@objectives=2,mode=mem1") is None
+    assert gate.version_score(SimpleNamespace(tags={"mem1.gate_key": key}), key) is None
+
+
 def test_agents_pickled_before_the_split_still_resolve() -> None:
     """An agent registered when the registry was one module pickled its python model by the name
     `mem1_core.registry.Mem1AgentModel`; a process with the project imported (`mem1 agent`) finds it."""
@@ -118,10 +130,10 @@ def test_gate_metric_follows_the_domain() -> None:
     assert gate.gate_metric_for(auto, "shop") == "reward"
     assert gate.gate_metric_for(RegisterConfig(gate_metric="success_rate"), "shop") == "success_rate"
     data = {"grid": [{"objectives": 1, "mode": "mem1", "em": 0.0, "reward": 0.42}]}
-    assert gate.gate_em(data, 1, "mem1", metric="reward") == 0.42
-    assert gate.gate_em(data, 1, "mem1") == 0.0
+    assert gate.gate_score(data, 1, "mem1", metric="reward") == 0.42
+    assert gate.gate_score(data, 1, "mem1") == 0.0
     with pytest.raises(inputs.RegistryError, match=r"grid\[0\]\.success_rate is missing"):
-        gate.gate_em(data, 1, "mem1", metric="success_rate")
+        gate.gate_score(data, 1, "mem1", metric="success_rate")
     with pytest.raises(ValueError, match="gate_metric"):
         RegisterConfig(gate_metric="accuracy")  # type: ignore[arg-type]
 
@@ -175,7 +187,7 @@ def _register_and_promote(tracker: Tracker, assets: dict[str, Path], root: Path,
     better = registration.run(
         cfg, assets["model_b"], eval_dir(root, "ev_c", 0.75), assets["data"], tracker, pipeline_run_id="p3"
     )
-    assert better.created and better.promoted and better.champion_em == 0.5
+    assert better.created and better.promoted and better.champion_score == 0.5
     assert str(client.get_model_version_by_alias("mem1-agent", "champion").version) == better.version == "3"
 
     # the champion (model_b's weights) loaded by alias in a fresh process generates what model_b did

@@ -13,7 +13,8 @@ from typing import Any
 from mem1_core.config import RegisterConfig
 from mem1_core.registry.inputs import METRICS_FILE, RegistryError
 
-TAG_GATE_EM = "mem1.gate_em"  # the gate metric's value (EM unless mem1.gate_key says otherwise)
+TAG_GATE_SCORE = "mem1.gate_score"  # the gate metric's value (which metric: mem1.gate_key)
+OLD_TAG_GATE_SCORE = "mem1.gate_em"  # the same, on versions registered before it was renamed; read only
 TAG_GATE_KEY = "mem1.gate_key"
 TAG_GATE_PASSED = "mem1.gate_passed"
 TAG_GATE_REASON = "mem1.gate_reason"
@@ -26,7 +27,7 @@ def gate_metric_for(cfg: RegisterConfig, domain: str) -> str:
     return "reward" if domain == "shop" else "em"
 
 
-def gate_em(
+def gate_score(
     eval_data: dict[str, Any], objectives: int, mode: str, source: str = METRICS_FILE, metric: str = "em"
 ) -> float:
     """`metric` (default EM, mean over objectives and tasks, 0..1) of the grid row (objectives, mode)."""
@@ -58,10 +59,14 @@ def promotion_gate(
     return True, f"{name} {candidate:.4f} beats the champion's {champion:.4f} and the floor {floor:.4f}"
 
 
-def champion_gate_em(champion: Any | None, gate_key: str) -> float | None:
-    """The champion version's gate value, when it was gated on the same key (metric, objectives, mode)."""
-    if champion is None:
+def score_tag(tags: dict[str, str]) -> str | None:
+    """A registered version's gate score tag (the old name on versions registered before the rename)."""
+    return tags.get(TAG_GATE_SCORE, tags.get(OLD_TAG_GATE_SCORE))
+
+
+def version_score(version: Any | None, gate_key: str) -> float | None:
+    """A registered version's gate score, when it was gated on the same key (metric, objectives, mode)."""
+    if version is None or version.tags.get(TAG_GATE_KEY) != gate_key:
         return None
-    if champion.tags.get(TAG_GATE_KEY) != gate_key or TAG_GATE_EM not in champion.tags:
-        return None
-    return float(champion.tags[TAG_GATE_EM])
+    score = score_tag(version.tags)
+    return None if score is None else float(score)

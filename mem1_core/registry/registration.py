@@ -20,14 +20,15 @@ from mem1_core.config import AgentConfig, RegisterConfig, parse_mode
 from mem1_core.envs import domains
 from mem1_core.registry.aliases import CANDIDATE, CHAMPION, alias_version
 from mem1_core.registry.gate import (
-    TAG_GATE_EM,
     TAG_GATE_KEY,
     TAG_GATE_PASSED,
     TAG_GATE_REASON,
-    champion_gate_em,
-    gate_em,
+    TAG_GATE_SCORE,
     gate_metric_for,
+    gate_score,
     promotion_gate,
+    score_tag,
+    version_score,
 )
 from mem1_core.registry.inputs import METRICS_FILE, check_model_dir, dataset_hash, read_eval, weights_hash
 from mem1_core.registry.serving import build_pyfunc
@@ -49,8 +50,8 @@ class RegistrationResult:
     created: bool  # False when this run was registered before (idempotent re-registration)
     promoted: bool
     gate_reason: str
-    candidate_em: float
-    champion_em: float | None
+    candidate_score: float  # the gate metric's value (gate_key in the tags says which metric)
+    champion_score: float | None
     model_uri: str
     run_id: str | None
     tags: dict[str, str] = field(default_factory=dict)
@@ -109,7 +110,7 @@ def run(
     domain = domains.domain_of(data_dir)
     metric = gate_metric_for(cfg, domain)
     source = str(eval_dir / METRICS_FILE)
-    candidate_em = gate_em(eval_data, cfg.gate_objectives, cfg.gate_mode, source, metric)
+    candidate_score = gate_score(eval_data, cfg.gate_objectives, cfg.gate_mode, source, metric)
     agent_dict = (eval_data.get("config") or {}).get("agent") or {}
     agent = AgentConfig.model_validate({**agent_dict, "mode": cfg.gate_mode})
     corpus = data_dir / "corpus.jsonl"
@@ -135,8 +136,8 @@ def run(
             created=False,
             promoted=tags.get(TAG_GATE_PASSED) == "true",
             gate_reason=tags.get(TAG_GATE_REASON, ""),
-            candidate_em=float(tags.get(TAG_GATE_EM, candidate_em)),
-            champion_em=champion_gate_em(champion, gate_key),
+            candidate_score=float(score_tag(tags) or candidate_score),
+            champion_score=version_score(champion, gate_key),
             model_uri=f"models:/{name}/{existing.version}",
             run_id=existing.run_id,
             tags=tags,
@@ -160,14 +161,14 @@ def run(
         )
         with run_ctx as step:
             champion = alias_version(tracker, name, CHAMPION)
-            champion_em = champion_gate_em(champion, gate_key)
-            if champion is not None and champion_em is None:
+            champion_score = version_score(champion, gate_key)
+            if champion is not None and champion_score is None:
                 promoted, reason = (
                     False,
                     f"the champion (v{champion.version}) has no {gate_key}; promote by hand",
                 )
             else:
-                promoted, reason = promotion_gate(candidate_em, champion_em, cfg.gate_floor, metric)
+                promoted, reason = promotion_gate(candidate_score, champion_score, cfg.gate_floor, metric)
             tags = {
                 TAG_KEY: key,
                 TAG_WEIGHTS: w_hash,
@@ -175,12 +176,12 @@ def run(
                 TAG_COMMIT: git_commit(),
                 TAG_PIPELINE: pipeline_id,
                 TAG_GATE_KEY: gate_key,
-                TAG_GATE_EM: repr(candidate_em),
+                TAG_GATE_SCORE: repr(candidate_score),
                 TAG_GATE_PASSED: "true" if promoted else "false",
                 TAG_GATE_REASON: reason,
             }
             step.set_tags(tags)
-            step.log({"gate_em": candidate_em, f"gate/{metric}": candidate_em}, 0)
+            step.log({"gate_score": candidate_score, f"gate/{metric}": candidate_score}, 0)
             step.log_artifact(local, "model")
             step.log_artifact(eval_dir / METRICS_FILE, "eval")
             _ensure_registered_model(tracker, name)
@@ -212,8 +213,8 @@ def run(
         created=True,
         promoted=promoted,
         gate_reason=reason,
-        candidate_em=candidate_em,
-        champion_em=champion_em,
+        candidate_score=candidate_score,
+        champion_score=champion_score,
         model_uri=f"models:/{name}/{version.version}",
         run_id=step.run_id,
         tags=tags,
