@@ -17,7 +17,7 @@ def prepare_run(
     sources_json: str,
     train_objectives: list,
     eval_objectives: list,
-    em_floor: float,
+    gate_floor: float,
     domain: str,
     tracking_uri: str,
     experiment: str,
@@ -49,7 +49,7 @@ def prepare_run(
         sources_json,
         train_objectives,
         eval_objectives,
-        em_floor,
+        gate_floor,
         domain,
         tracking_uri,
     )

@@ -32,7 +32,7 @@ def merge_config(
     sources_json: str = "",
     train_objectives: list[int] | None = None,
     eval_objectives: list[int] | None = None,
-    em_floor: float = -1.0,
+    gate_floor: float = -1.0,
     domain: str = "",
     tracking_uri: str = "",
 ) -> PipelineConfig:
@@ -67,8 +67,8 @@ def merge_config(
     if eval_objectives:
         _set_dotted(data, "compose.eval_objectives", list(eval_objectives))
         _set_dotted(data, "eval.objectives", list(eval_objectives))
-    if em_floor >= 0:
-        _set_dotted(data, "register.gate_floor", em_floor)
+    if gate_floor >= 0:
+        _set_dotted(data, "register.gate_floor", gate_floor)
     if domain:
         data["domain"] = domain
         _set_dotted(data, "compose.domain", domain)  # compose writes it into the manifest for later steps

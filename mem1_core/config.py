@@ -44,8 +44,8 @@ RENAMED_SECTIONS = {"registry": "register"}
 RENAMED_REGISTER_FIELDS = {"em_floor": "gate_floor"}
 
 
-def warn_renamed(old: str, new: str) -> None:
-    warnings.warn(f"{old!r} is deprecated: use {new!r}", DeprecatedNameWarning, stacklevel=3)
+def warn_renamed(old: str, new: str, what: str = "config key") -> None:
+    warnings.warn(f"{what} {old!r} is deprecated: use {new!r}", DeprecatedNameWarning, stacklevel=3)
 
 
 def _move_key(data: dict[str, Any], old: str, new: str, where: str = "") -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 Wiring and placement only; every step's work happens in mem1_core through components/. Cluster facts
 that do not change per run (GPU node pool, secret and volume names, requests) are compile-time
-`ClusterOptions`; what a user varies per run (config, model, objectives, nodes, GPUs, MLflow URI,
-promotion floor) are pipeline parameters.
+`ClusterOptions`; what a user varies per run (config, model, objectives, nodes, GPUs, MLflow tracking URI,
+the gate's floor) are pipeline parameters.
 """
 
 import json
@@ -18,6 +18,9 @@ from components.images import Images
 from mem1_core.config import PipelineConfig
 
 PIPELINE_NAME = "mem1-pipeline"
+# Pipeline parameters that were renamed, each with its new name: the MLflow tracking URI is
+# `tracking_uri` as in the config and the components, and the gate's floor is named as in the config.
+RENAMED_PARAMETERS = {"mlflow_uri": "tracking_uri", "em_floor": "gate_floor"}
 
 
 @dataclass(frozen=True)
@@ -151,16 +154,16 @@ def build_pipeline(
         sources_json: str = "",
         train_objectives: list = [],  # noqa: B006
         eval_objectives: list = [],  # noqa: B006
-        em_floor: float = -1.0,
+        gate_floor: float = -1.0,
         domain: str = "",
-        mlflow_uri: str = "",
+        tracking_uri: str = "",
         experiment: str = "",
         num_nodes: int = 1,
         gpus_per_node: int = 1,
         accelerator_type: str = "nvidia.com/gpu",
         training_launcher: str = "trainjob",
     ) -> None:
-        finish = c.finish_run(tracking_uri=mlflow_uri, pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        finish = c.finish_run(tracking_uri=tracking_uri, pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         finish.set_display_name("close MLflow run").set_caching_options(enable_caching=False)
         _with_mlflow_env(_light(finish, cluster), cluster)
         _non_root(finish, cluster.base_uid)
@@ -173,9 +176,9 @@ def build_pipeline(
                 sources_json=sources_json,
                 train_objectives=train_objectives,
                 eval_objectives=eval_objectives,
-                em_floor=em_floor,
+                gate_floor=gate_floor,
                 domain=domain,
-                tracking_uri=mlflow_uri,
+                tracking_uri=tracking_uri,
                 experiment=experiment,
                 run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                 pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from components.images import Images
-from mem1_core.config import PipelineConfig, load_config
+from mem1_core.config import PipelineConfig, load_config, warn_renamed
 from mem1_core.data.compose import load_tasks
 from mem1_core.tracking import default_tracking_uri, resolve_tracking_uri
 from pipelines.local_output import StepLog, Summary, display_dir
-from pipelines.mem1_pipeline import PIPELINE_NAME, ClusterOptions, build_pipeline
+from pipelines.mem1_pipeline import PIPELINE_NAME, RENAMED_PARAMETERS, ClusterOptions, build_pipeline
 
 
 def compile_pipeline(
@@ -35,6 +35,20 @@ def compile_pipeline(
     return out
 
 
+def renamed_parameters(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Run arguments with old parameter names (RENAMED_PARAMETERS) under their new ones, each with a
+    DeprecatedNameWarning naming the new name; old and new given with different values is a ValueError."""
+    out = dict(arguments)
+    for old, new in RENAMED_PARAMETERS.items():
+        if old in out:
+            warn_renamed(old, new, "pipeline parameter")
+            value = out.pop(old)
+            if new in out and out[new] != value:
+                raise ValueError(f"pipeline parameters {old} and {new} disagree; pass only {new}")
+            out[new] = value
+    return out
+
+
 def submit(
     package: str | Path,
     host: str | None = None,
@@ -44,9 +58,11 @@ def submit(
     run_name: str | None = None,
     arguments: dict[str, Any] | None = None,
 ) -> str:
-    """Create a run of a compiled package on a KFP host; returns the run id."""
+    """Create a run of a compiled package on a KFP host; returns the run id. Old parameter names in
+    `arguments` are sent under their new names (renamed_parameters)."""
     import kfp
 
+    arguments = renamed_parameters(arguments or {})
     host = host or os.environ.get("KFP_HOST")
     if not host:
         raise ValueError("no KFP host: pass --host or set KFP_HOST (e.g. http://ml-pipeline-ui.kubeflow:80)")
@@ -55,7 +71,7 @@ def submit(
     client = kfp.Client(host=host, existing_token=token, namespace=namespace)
     result = client.create_run_from_pipeline_package(
         str(package),
-        arguments=arguments or {},
+        arguments=arguments,
         run_name=run_name or f"{PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
         experiment_name=experiment,
         namespace=namespace,
@@ -116,9 +132,9 @@ def run_local(
                     sources_json="",
                     train_objectives=[],
                     eval_objectives=[],
-                    em_floor=-1.0,
+                    gate_floor=-1.0,
                     domain="",
-                    mlflow_uri=uri,
+                    tracking_uri=uri,
                     experiment=config.tracking.experiment,
                     num_nodes=1,
                     gpus_per_node=1,

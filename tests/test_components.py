@@ -31,7 +31,7 @@ def test_named_parameters_and_overrides_win_in_order() -> None:
         sources_json=json.dumps([{"kind": "hotpotqa", "path": "hotpotqa/hotpot_qa"}]),
         train_objectives=[2, 3],
         eval_objectives=[1, 4],
-        em_floor=0.25,
+        gate_floor=0.25,
         domain="shop",
         tracking_uri="http://mlflow:5000",
     )
@@ -51,8 +51,8 @@ def test_old_key_names_still_merge_with_a_warning() -> None:
     with pytest.warns(DeprecatedNameWarning) as seen:
         cfg = step_config.merge_config(json.dumps(old))
     assert {str(w.message) for w in seen} == {
-        "'registry' is deprecated: use 'register'",
-        "'register.em_floor' is deprecated: use 'register.gate_floor'",
+        "config key 'registry' is deprecated: use 'register'",
+        "config key 'register.em_floor' is deprecated: use 'register.gate_floor'",
     }
     assert (cfg.register.model_name, cfg.register.gate_floor, cfg.register.gate_objectives) == ("m", 0.1, 1)
     with pytest.warns(
@@ -160,7 +160,7 @@ def test_prepare_runs_as_a_real_kfp_local_component(tmp_path: Path) -> None:
         sources_json="",
         train_objectives=[],
         eval_objectives=[1, 2],
-        em_floor=-1.0,
+        gate_floor=-1.0,
         domain="",
         tracking_uri=uri,
         experiment="components-test",

@@ -94,8 +94,8 @@ def test_old_register_keys_load_with_a_warning_naming_the_new_ones(tmp_path: Pat
         cfg = load_config(old)
     assert (cfg.register.model_name, cfg.register.gate_floor) == ("old-agent", 0.3)
     messages = [str(w.message) for w in seen]
-    assert "'registry' is deprecated: use 'register'" in messages
-    assert "'register.em_floor' is deprecated: use 'register.gate_floor'" in messages
+    assert "config key 'registry' is deprecated: use 'register'" in messages
+    assert "config key 'register.em_floor' is deprecated: use 'register.gate_floor'" in messages
     with pytest.warns(DeprecatedNameWarning, match="'em_floor' is deprecated: use 'gate_floor'"):
         assert RegisterConfig(em_floor=0.2).gate_floor == 0.2
     with pytest.warns(DeprecatedNameWarning, match="'registry' is deprecated: use 'register'"):

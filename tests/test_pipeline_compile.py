@@ -153,8 +153,8 @@ def test_default_config_is_the_compiled_in_preset(compiled: tuple[str, dict, dic
         "num_nodes",
         "gpus_per_node",
         "accelerator_type",
-        "mlflow_uri",
-        "em_floor",
+        "tracking_uri",
+        "gate_floor",
         "domain",
         "overrides",
         "training_launcher",
@@ -257,6 +257,37 @@ def test_submit_sends_the_compiled_spec_with_parameters_and_token(
     assert "kubernetes" in sent["platform_spec"]["platforms"]  # GPU pool, secrets, PVC travel with the run
     exp = next(r for r in api.requests if r["method"] == "POST" and r["path"] == "/apis/v2beta1/experiments")
     assert exp["body"] == {"display_name": "mem1", "namespace": "team-a"}
+
+
+def test_submit_accepts_the_old_parameter_names_with_a_warning(
+    compiled: tuple[str, dict, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mem1_core.config import DeprecatedNameWarning
+    from pipelines.run import renamed_parameters
+
+    package = tmp_path / "p.yaml"
+    package.write_text(compiled[0], encoding="utf-8")
+    api = _FakeKfpApi()
+    monkeypatch.setenv("KFP_HOST", api.url)
+    old = ["--param", "mlflow_uri=http://mlflow:5000", "--param", "em_floor=0.1"]
+    try:
+        with pytest.warns(DeprecatedNameWarning) as seen:
+            assert main(["pipeline", "submit", "--package", str(package), *old]) == 0
+    finally:
+        api.httpd.shutdown()
+    assert {str(w.message) for w in seen if w.category is DeprecatedNameWarning} == {
+        "pipeline parameter 'mlflow_uri' is deprecated: use 'tracking_uri'",
+        "pipeline parameter 'em_floor' is deprecated: use 'gate_floor'",
+    }
+    run = next(r for r in api.requests if r["method"] == "POST" and r["path"] == "/apis/v2beta1/runs")
+    assert run["body"]["runtime_config"]["parameters"] == {
+        "tracking_uri": "http://mlflow:5000",
+        "gate_floor": 0.1,
+    }
+    params = compiled[1]["root"]["inputDefinitions"]["parameters"]
+    assert {"tracking_uri", "gate_floor"} <= set(params) and not {"mlflow_uri", "em_floor"} & set(params)
+    with pytest.warns(DeprecatedNameWarning), pytest.raises(ValueError, match="pass only tracking_uri"):
+        renamed_parameters({"mlflow_uri": "http://a", "tracking_uri": "http://b"})
 
 
 def test_submit_without_a_host_or_package_fails_clearly(
