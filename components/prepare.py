@@ -2,7 +2,7 @@
 
 Runs first and is never cached (it creates a new parent run). Splitting the config here means each
 later step receives exactly its own section as a canonical JSON string, so cacheable steps (compose,
-evaluate) hit the cache whenever their own inputs are unchanged.
+eval) hit the cache whenever their own inputs are unchanged.
 """
 
 from typing import NamedTuple

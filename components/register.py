@@ -1,9 +1,9 @@
-"""register_model: register the PPO model in MLflow behind the promotion gate; never cached, never retried."""
+"""register: register the PPO model in MLflow behind the promotion gate; never cached, never retried."""
 
 from kfp import dsl
 
 
-def register_model(
+def register(
     register_json: str,
     tracking_uri: str,
     parent_run_id: str,
@@ -20,9 +20,7 @@ def register_model(
     from mem1_core.registry import registration
 
     cfg = parse_section(RegisterConfig, register_json, "register")
-    with mlflow_runs.nested_run(
-        tracking_uri, parent_run_id, "register_model", json.loads(register_json)
-    ) as run:
+    with mlflow_runs.nested_run(tracking_uri, parent_run_id, "register", json.loads(register_json)) as run:
         result = registration.run(cfg, Path(model.path), Path(eval_results.path), Path(dataset.path), run)
     Path(report.path).write_text(reports.registration_markdown(result.to_dict()), encoding="utf-8")
     return json.dumps(result.to_dict(), sort_keys=True, default=str)

@@ -169,7 +169,7 @@ class RetrievalConfig(StrictModel):
 
 
 class ComposeConfig(StrictModel):
-    """compose_dataset: N-objective tasks from single questions, plus the retrieval corpus.
+    """compose: N-objective tasks from single questions, plus the retrieval corpus.
 
     `domain` picks the task family: "qa" composes questions from `sources`; "shop" composes purchase
     instructions over the `shop` catalogue. PipelineConfig keeps it equal to the pipeline's domain.
@@ -271,7 +271,7 @@ class PretrainConfig(StrictModel):
 
 
 class SFTConfig(StrictModel):
-    """sft_warmup: teach the tag format on oracle-teacher trajectories (TRL SFTTrainer)."""
+    """sft: the warm-up; teach the tag format on oracle-teacher trajectories (TRL SFTTrainer)."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
@@ -298,7 +298,7 @@ class SFTConfig(StrictModel):
 
 
 class PPOConfig(StrictModel):
-    """ppo_train: PPO over MEM1 rollouts, scored through one stitched, masked forward pass.
+    """ppo: PPO over MEM1 rollouts, scored through one stitched, masked forward pass.
 
     `advantage` picks how an episode's outcome reward becomes per-token advantages (rl/advantages.py):
     `gae` learns a critic; `grpo` and `rloo` roll out `group_size` samples of each task and compare
@@ -385,7 +385,7 @@ class PPOConfig(StrictModel):
 
 
 class EvalConfig(StrictModel):
-    """evaluate: the grid objectives x memory modes on held-out tasks."""
+    """eval: the grid objectives x memory modes on held-out tasks."""
 
     agent: AgentConfig = Field(default_factory=lambda: AgentConfig(temperature=0.0))
     objectives: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])

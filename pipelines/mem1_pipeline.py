@@ -1,4 +1,4 @@
-"""The MEM1 pipeline: prepare -> compose -> SFT -> PPO -> evaluate -> register, closed by an exit handler.
+"""The MEM1 pipeline: prepare -> compose -> sft -> ppo -> eval -> register, closed by an exit handler.
 
 Wiring and placement only; every step's work happens in mem1_core through components/. Cluster facts
 that do not change per run (GPU node pool, secret and volume names, requests) are compile-time
@@ -205,17 +205,15 @@ def build_pipeline(
                 _non_root(rec, cluster.base_uid)
                 return _retry(_with_mlflow_env(_light(rec, cluster), cluster), cluster)
 
-            compose = c.compose_dataset(compose_json=prep.outputs["compose"]).set_display_name(
-                "compose dataset"
-            )
+            compose = c.compose(compose_json=prep.outputs["compose"]).set_display_name("compose dataset")
             compose.set_caching_options(enable_caching=True)
             compose.set_cpu_request(cluster.cpu_request).set_memory_request(cluster.memory_request)
             kubernetes.use_secret_as_env(compose, cluster.hf_secret, {"HF_TOKEN": "HF_TOKEN"}, optional=True)
             _retry(_non_root(compose, cluster.base_uid), cluster)
 
-            record("compose_dataset", prep.outputs["compose"], compose, "stats", "dataset", "log compose")
+            record("compose", prep.outputs["compose"], compose, "stats", "dataset", "log compose")
 
-            sft = c.sft_warmup(
+            sft = c.sft(
                 sft_json=prep.outputs["sft"],
                 tracking_uri=uri,
                 parent_run_id=parent,
@@ -227,7 +225,7 @@ def build_pipeline(
             _training_step(sft, cluster, images, accelerator_type, gpus_per_node)
             _non_root(sft, cluster.trainer_uid)
 
-            ppo = c.ppo_train(
+            ppo = c.ppo(
                 ppo_json=prep.outputs["ppo"],
                 tracking_uri=uri,
                 parent_run_id=parent,
@@ -240,7 +238,7 @@ def build_pipeline(
             _training_step(ppo, cluster, images, accelerator_type, gpus_per_node)
             _non_root(ppo, cluster.trainer_uid)
 
-            ev = c.evaluate(
+            ev = c.eval(
                 eval_json=prep.outputs["eval"],
                 dataset=compose.outputs["dataset"],
                 model=ppo.outputs["model"],
@@ -248,9 +246,9 @@ def build_pipeline(
             ev.set_caching_options(enable_caching=True)
             _retry(_on_gpu_pool(_non_root(ev, cluster.trainer_uid), cluster, accelerator_type, 1), cluster)
 
-            record_eval = record("evaluate", prep.outputs["eval"], ev, "metrics", "results", "log evaluation")
+            record_eval = record("eval", prep.outputs["eval"], ev, "metrics", "results", "log evaluation")
 
-            register = c.register_model(
+            register = c.register(
                 register_json=prep.outputs["register"],
                 tracking_uri=uri,
                 parent_run_id=parent,

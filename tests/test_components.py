@@ -104,10 +104,10 @@ def test_parent_run_nested_steps_and_exit_handler_close(tmp_path: Path) -> None:
     parent = mlflow_runs.start_parent_run(
         uri, "exp", "run-1", cfg.model_dump(mode="json"), pipeline_job_id="job-42"
     )
-    with mlflow_runs.nested_run(uri, parent, "sft_warmup", {"epochs": 1}) as step:
+    with mlflow_runs.nested_run(uri, parent, "sft", {"epochs": 1}) as step:
         step.log({"loss": 1.5}, 0)
         step.log({"loss": 1.0}, 1)
-    with pytest.raises(RuntimeError), mlflow_runs.nested_run(uri, parent, "ppo_train", {}):
+    with pytest.raises(RuntimeError), mlflow_runs.nested_run(uri, parent, "ppo", {}):
         raise RuntimeError("boom")
     assert mlflow_runs.finish_parent_run(uri, "job-42", "FAILED") == parent
     assert mlflow_runs.finish_parent_run(uri, "no-such-job", "SUCCEEDED") is None
@@ -118,12 +118,12 @@ def test_parent_run_nested_steps_and_exit_handler_close(tmp_path: Path) -> None:
     assert p.data.params["ppo.steps"] == str(cfg.ppo.steps)
     children = client.search_runs([p.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
     by_name = {r.info.run_name: r for r in children}
-    assert by_name["sft_warmup"].info.status == "FINISHED"
-    assert [m.value for m in client.get_metric_history(by_name["sft_warmup"].info.run_id, "loss")] == [
+    assert by_name["sft"].info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(by_name["sft"].info.run_id, "loss")] == [
         1.5,
         1.0,
     ]
-    assert by_name["ppo_train"].info.status == "FAILED"
+    assert by_name["ppo"].info.status == "FAILED"
     assert (tmp_path / "mlartifacts").is_dir()  # SQLite store keeps artifacts beside the database
 
 

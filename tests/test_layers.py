@@ -39,8 +39,7 @@ LAYERS: tuple[str, ...] = (
 )
 # KFP lightweight components: their bodies are shipped as source, so every import sits inside them.
 KFP_STEP_BODIES = frozenset(
-    f"components.{m}"
-    for m in ("compose", "evaluate", "finish", "ppo", "prepare", "record", "register", "sft")
+    f"components.{m}" for m in ("compose", "eval", "finish", "ppo", "prepare", "record", "register", "sft")
 )
 
 

@@ -1,4 +1,4 @@
-"""compose_dataset: N-objective tasks from single questions, plus the retrieval corpus.
+"""compose: N-objective tasks from single questions, plus the retrieval corpus.
 
 Questions from every source are deduplicated (by normalised text), shuffled by seed and split once
 into an eval pool and a train pool, so no question is seen in both splits. Each task draws N distinct

@@ -94,7 +94,7 @@ def run(
 ) -> RegistrationResult:
     """Register `model_dir` as a new version of `cfg.model_name` (or return the existing one), then gate.
 
-    `tracking` is a Tracker (a `register_model` run is opened, nested under `parent_run_id`) or an
+    `tracking` is a Tracker (a `register` run is opened, nested under `parent_run_id`) or an
     already open RunHandle (a KFP component's nested run) that the registration logs into.
     """
     model_dir, eval_dir, data_dir = Path(model_dir), Path(eval_dir), Path(data_dir)
@@ -157,7 +157,7 @@ def run(
         run_ctx = (
             nullcontext(open_run)
             if open_run is not None
-            else tracker.step_run("register_model", cfg, parent_run_id=parent_run_id)
+            else tracker.step_run("register", cfg, parent_run_id=parent_run_id)
         )
         with run_ctx as step:
             champion = alias_version(tracker, name, CHAMPION)
