@@ -30,6 +30,7 @@ class Components:
 
 def build(images: Images | None = None) -> Components:
     """The components, CPU steps in the base image and GPU steps in the trainer image."""
+    # lazy: kfp (~1 s) only to wrap the steps at compile time; a step's pod imports this package first
     from kfp import dsl
 
     from components.compose import compose

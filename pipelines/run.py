@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import kfp
+from kfp import compiler, local
+
 from components.images import Images
 from mem1_core.config import PipelineConfig, load_config, warn_renamed
 from mem1_core.data.compose import load_tasks
@@ -26,8 +29,6 @@ def compile_pipeline(
     cluster: ClusterOptions | None = None,
 ) -> Path:
     """Write the compiled pipeline spec (YAML) with `config` as the default config_json parameter."""
-    from kfp import compiler
-
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     pipeline = build_pipeline(images, cluster, config)
@@ -60,8 +61,6 @@ def submit(
 ) -> str:
     """Create a run of a compiled package on a KFP host; returns the run id. Old parameter names in
     `arguments` are sent under their new names (renamed_parameters)."""
-    import kfp
-
     arguments = renamed_parameters(arguments or {})
     host = host or os.environ.get("KFP_HOST")
     if not host:
@@ -101,8 +100,6 @@ def run_local(
     `console` (default stdout) gets one line per step; everything kfp.local and the steps print goes
     to <run_dir>/logs/pipeline-<time>.log. A failed step raises RuntimeError naming that log.
     """
-    from kfp import local
-
     console = console or sys.stdout
     run_dir = Path(run_dir or config.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -191,7 +188,7 @@ def _sample_questions(kfp_root: Path, objectives: int) -> list[str]:
 
 def _registered(tracking_uri: str, model_name: str) -> tuple[str, list[str]]:
     """The newest registered version of the model and its aliases: ('models:/name/3 (candidate)', [...])."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow (~2 s) only for the summary after a local run
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     versions = client.search_model_versions(f"name='{model_name}'")

@@ -10,6 +10,10 @@ Retrieval: --retrieval-url, else BM25 over --corpus or
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,11 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import sys
-    from pathlib import Path
-    from typing import Any
-
     # lazy: `mem1 agent --help` must not pay for what the step imports (torch, mlflow, kfp)
     from mem1_core.config import AgentConfig, ConfigError, PipelineConfig, load_config
     from mem1_core.registry.serving import answer_tasks, tasks_from_input

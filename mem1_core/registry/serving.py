@@ -16,12 +16,17 @@ aliases.py).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 import mem1_core
 from mem1_core.agent.policy import HFPolicy
@@ -85,8 +90,6 @@ class Mem1AgentModel(mlflow.pyfunc.PythonModel):
 
     # No type hints here on purpose: MLflow would derive a second, conflicting schema from them.
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        import pandas as pd
-
         params = dict(params or {})
         # "" and 0 are the signature's defaults, filled in by MLflow: they mean "as registered".
         update = {k: params[k] for k in ("mode", "max_turns", "max_new_tokens") if params.get(k)}
@@ -116,8 +119,6 @@ def tasks_from_input(model_input: Any, domain: str = "qa") -> list[Any]:
 
     Shop: each question is a purchase instruction, bought in order; with no known target the
     environment's reward means nothing, and the answer is the list of products bought."""
-    import pandas as pd
-
     if isinstance(model_input, dict):
         model_input = pd.DataFrame(model_input)
     elif isinstance(model_input, list):
@@ -177,10 +178,6 @@ def summarize_trajectory(traj: Any, grammar: TagGrammar = DEFAULT_GRAMMAR) -> di
 
 
 def signature_and_example() -> tuple[Any, Any]:
-    import pandas as pd
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
-
     inputs = Schema([ColSpec(Array(DataType.string), "questions")])
     outputs = Schema(
         [
@@ -231,15 +228,11 @@ RUNTIME_DISTRIBUTIONS = (
 def runtime_requirements() -> list[str]:
     """RUNTIME_DISTRIBUTIONS pinned to the versions installed here; a local label (torch's +cpu) is
     dropped, so a CUDA build of the same version satisfies the pin too."""
-    from importlib.metadata import version
-
-    return [f"{dist}=={version(dist).split('+')[0]}" for dist in RUNTIME_DISTRIBUTIONS]
+    return [f"{dist}=={importlib.metadata.version(dist).split('+')[0]}" for dist in RUNTIME_DISTRIBUTIONS]
 
 
 def _code_copy(dest: Path) -> Path:
     """mem1_core's sources, without bytecode caches, for the model's `code/` (MLflow `code_paths`)."""
-    import shutil
-
     src = Path(mem1_core.__file__).parent
     return Path(shutil.copytree(src, dest / src.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")))
 
