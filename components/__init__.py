@@ -1,8 +1,9 @@
 """One thin KFP v2 lightweight component per pipeline step.
 
-The step functions live in plain modules (prepare, compose, sft, ppo, evaluate, register, record,
-finish); `build(images)` wraps them as components in the project's images. Wrapping happens at
-compile time rather than import time so the image registry and tag are a compile-time choice.
+The step functions live in plain modules (prepare, compose, sft, ppo, eval, register, record,
+finish); a step's function, its KFP task and its nested MLflow run are named as its config section and
+its `mem1` subcommand. `build(images)` wraps them as components in the project's images. Wrapping
+happens at compile time rather than import time so the image registry and tag are a compile-time choice.
 Every component runs with install_kfp_package=False: the images already hold kfp and the project,
 so nothing is pip-installed when a step starts.
 """
@@ -18,27 +19,28 @@ from components.images import Images
 @dataclass(frozen=True)
 class Components:
     prepare_run: Any
-    compose_dataset: Any
+    compose: Any
     record_step: Any
-    sft_warmup: Any
-    ppo_train: Any
-    evaluate: Any
-    register_model: Any
+    sft: Any
+    ppo: Any
+    eval: Any
+    register: Any
     finish_run: Any
 
 
 def build(images: Images | None = None) -> Components:
     """The components, CPU steps in the base image and GPU steps in the trainer image."""
+    # lazy: kfp (~1 s) only to wrap the steps at compile time; a step's pod imports this package first
     from kfp import dsl
 
-    from components.compose import compose_dataset
-    from components.evaluate import evaluate
+    from components.compose import compose
+    from components.eval import eval
     from components.finish import finish_run
-    from components.ppo import ppo_train
+    from components.ppo import ppo
     from components.prepare import prepare_run
     from components.record import record_step
-    from components.register import register_model
-    from components.sft import sft_warmup
+    from components.register import register
+    from components.sft import sft
 
     images = images or Images.from_env()
 
@@ -47,11 +49,11 @@ def build(images: Images | None = None) -> Components:
 
     return Components(
         prepare_run=wrap(prepare_run, images.base),
-        compose_dataset=wrap(compose_dataset, images.base),
+        compose=wrap(compose, images.base),
         record_step=wrap(record_step, images.base),
-        sft_warmup=wrap(sft_warmup, images.trainer),
-        ppo_train=wrap(ppo_train, images.trainer),
-        evaluate=wrap(evaluate, images.trainer),
-        register_model=wrap(register_model, images.base),
+        sft=wrap(sft, images.trainer),
+        ppo=wrap(ppo, images.trainer),
+        eval=wrap(eval, images.trainer),
+        register=wrap(register, images.base),
         finish_run=wrap(finish_run, images.base),
     )

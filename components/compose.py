@@ -1,10 +1,10 @@
-"""compose_dataset: N-objective tasks, the retrieval corpus and (dense / hybrid) its index; cached (the
+"""compose: N-objective tasks, the retrieval corpus and (dense / hybrid) its index; cached (the
 config fully determines it, so the index is built once per data set)."""
 
 from kfp import dsl
 
 
-def compose_dataset(
+def compose(
     compose_json: str,
     dataset: dsl.Output[dsl.Dataset],
     stats: dsl.Output[dsl.Metrics],

@@ -79,7 +79,6 @@ def train_step(
     section: str,
     tracking_uri: str,
     parent_run_id: str,
-    step: str,
     data_dir: Path,
     model_dir: Path | None,
     out_model: str | Path,
@@ -87,7 +86,7 @@ def train_step(
     gpus_per_node: int,
     launcher: str,
 ) -> tuple[str, dict[str, float]]:
-    """The body of the sft_warmup and ppo_train components: `train` inside a nested MLflow run.
+    """The body of the sft and ppo components: `train` inside a nested MLflow run named `kind`.
 
     The trained model is copied into the component's output path `out_model` (its work dir is next
     to it). Returns the MLflow run id and the last value of every metric, for the KFP Metrics output:
@@ -99,7 +98,7 @@ def train_step(
     from mem1_core.rl.ppo import HISTORY_FILE
 
     work = Path(out_model).parent / f"{kind}-work"
-    with nested_run(tracking_uri, parent_run_id, step, json.loads(section)) as run:
+    with nested_run(tracking_uri, parent_run_id, kind, json.loads(section)) as run:
         last: dict[str, float] = {}
 
         def log(values: dict[str, float], step_index: int) -> None:

@@ -16,7 +16,7 @@ def resolve_tracking_uri(tracking_uri: str) -> str:
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         raise ValueError(
-            "no MLflow tracking URI: set the pipeline parameter mlflow_uri or MLFLOW_TRACKING_URI"
+            "no MLflow tracking URI: set the pipeline parameter tracking_uri or MLFLOW_TRACKING_URI"
         )
     return uri
 

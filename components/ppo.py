@@ -1,9 +1,9 @@
-"""ppo_train: PPO with the MEM1 attention mask from the SFT model (one device, torchrun, or a job)."""
+"""ppo: PPO with the MEM1 attention mask from the SFT model (one device, torchrun, or a job)."""
 
 from kfp import dsl
 
 
-def ppo_train(
+def ppo(
     ppo_json: str,
     tracking_uri: str,
     parent_run_id: str,
@@ -20,7 +20,7 @@ def ppo_train(
     from components import launch
 
     run_id, last = launch.train_step(
-        "ppo", ppo_json, tracking_uri, parent_run_id, "ppo_train",
+        "ppo", ppo_json, tracking_uri, parent_run_id,
         Path(dataset.path), Path(sft_model.path), model.path, num_nodes, gpus_per_node, launcher,
     )  # fmt: skip
     for key, value in last.items():

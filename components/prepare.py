@@ -2,7 +2,7 @@
 
 Runs first and is never cached (it creates a new parent run). Splitting the config here means each
 later step receives exactly its own section as a canonical JSON string, so cacheable steps (compose,
-evaluate) hit the cache whenever their own inputs are unchanged.
+eval) hit the cache whenever their own inputs are unchanged.
 """
 
 from typing import NamedTuple
@@ -17,7 +17,7 @@ def prepare_run(
     sources_json: str,
     train_objectives: list,
     eval_objectives: list,
-    em_floor: float,
+    gate_floor: float,
     domain: str,
     tracking_uri: str,
     experiment: str,
@@ -33,7 +33,7 @@ def prepare_run(
     sft=str,
     ppo=str,
     eval=str,
-    registry=str,
+    register=str,
     tracking_uri=str,
 ):
     import json
@@ -49,7 +49,7 @@ def prepare_run(
         sources_json,
         train_objectives,
         eval_objectives,
-        em_floor,
+        gate_floor,
         domain,
         tracking_uri,
     )
@@ -61,6 +61,6 @@ def prepare_run(
     )
     Path(config.path).write_text(json.dumps(cfg.model_dump(mode="json"), indent=2), encoding="utf-8")
     config.metadata["parent_run_id"] = parent
-    out = namedtuple("Sections", "parent_run_id compose sft ppo eval registry tracking_uri")
-    sections = [step_config.section_json(cfg, name) for name in ("compose", "sft", "ppo", "eval", "registry")]
+    out = namedtuple("Sections", "parent_run_id compose sft ppo eval register tracking_uri")
+    sections = [step_config.section_json(cfg, name) for name in ("compose", "sft", "ppo", "eval", "register")]
     return out(parent, *sections, uri)

@@ -1,6 +1,6 @@
 """record_step: log a cached step's outputs as a nested MLflow run of this pipeline run.
 
-Cached steps (compose, evaluate) cannot take the parent run id as an input (it changes every run and
+Cached steps (compose, eval) cannot take the parent run id as an input (it changes every run and
 would defeat the cache), so this small uncached step logs their metrics and files instead; on a cache
 hit the reused outputs still show up under the new parent run.
 """

@@ -1,10 +1,10 @@
-"""register_model: register the PPO model in MLflow behind the promotion gate; never cached, never retried."""
+"""register: register the PPO model in MLflow behind the promotion gate; never cached, never retried."""
 
 from kfp import dsl
 
 
-def register_model(
-    registry_json: str,
+def register(
+    register_json: str,
     tracking_uri: str,
     parent_run_id: str,
     dataset: dsl.Input[dsl.Dataset],
@@ -16,13 +16,11 @@ def register_model(
     from pathlib import Path
 
     from components import mlflow_runs, reports
-    from mem1_core import registry
     from mem1_core.config import RegisterConfig, parse_section
+    from mem1_core.registry import registration
 
-    cfg = parse_section(RegisterConfig, registry_json, "registry")
-    with mlflow_runs.nested_run(
-        tracking_uri, parent_run_id, "register_model", json.loads(registry_json)
-    ) as run:
-        result = registry.run(cfg, Path(model.path), Path(eval_results.path), Path(dataset.path), run)
+    cfg = parse_section(RegisterConfig, register_json, "register")
+    with mlflow_runs.nested_run(tracking_uri, parent_run_id, "register", json.loads(register_json)) as run:
+        result = registration.run(cfg, Path(model.path), Path(eval_results.path), Path(dataset.path), run)
     Path(report.path).write_text(reports.registration_markdown(result.to_dict()), encoding="utf-8")
     return json.dumps(result.to_dict(), sort_keys=True, default=str)

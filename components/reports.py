@@ -17,8 +17,8 @@ def registration_markdown(result: dict[str, Any]) -> str:
         "model_uri",
         "promoted",
         "gate_reason",
-        "candidate_em",
-        "champion_em",
+        "candidate_score",
+        "champion_score",
     ):
         lines.append(f"| {key} | {result.get(key)} |")
     return "\n".join(lines) + "\n"

@@ -1,9 +1,9 @@
-"""sft_warmup: teach the tag format on teacher trajectories (one device, torchrun, or a training job)."""
+"""sft: the warm-up that teaches the tag format on teacher trajectories (one device, torchrun, or a job)."""
 
 from kfp import dsl
 
 
-def sft_warmup(
+def sft(
     sft_json: str,
     tracking_uri: str,
     parent_run_id: str,
@@ -19,7 +19,7 @@ def sft_warmup(
     from components import launch
 
     run_id, last = launch.train_step(
-        "sft", sft_json, tracking_uri, parent_run_id, "sft_warmup",
+        "sft", sft_json, tracking_uri, parent_run_id,
         Path(dataset.path), None, model.path, num_nodes, gpus_per_node, launcher,
     )  # fmt: skip
     for key, value in last.items():

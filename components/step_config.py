@@ -13,10 +13,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mem1_core.config import ConfigError, PipelineConfig, format_validation_error
+from mem1_core.config import (
+    ConfigError,
+    PipelineConfig,
+    format_validation_error,
+    rename_old_keys,
+    renamed_dotted_key,
+)
 
-# Keys of PipelineConfig that the pipeline's own parameters may override (beyond the free `overrides`).
-SECTIONS = ("compose", "sft", "ppo", "eval", "registry")
+# The step sections of PipelineConfig; each step's component receives its own as JSON (section_json).
+SECTIONS = ("compose", "sft", "ppo", "eval", "register")
 
 
 def merge_config(
@@ -26,7 +32,7 @@ def merge_config(
     sources_json: str = "",
     train_objectives: list[int] | None = None,
     eval_objectives: list[int] | None = None,
-    em_floor: float = -1.0,
+    gate_floor: float = -1.0,
     domain: str = "",
     tracking_uri: str = "",
 ) -> PipelineConfig:
@@ -41,8 +47,12 @@ def merge_config(
         raise ConfigError(f"pipeline parameter config_json: not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError("pipeline parameter config_json: must be a JSON object of step sections")
+    try:
+        data = rename_old_keys(data)  # old key names still load (with a warning), overrides then win
+    except ValueError as e:
+        raise ConfigError(f"pipeline parameter config_json: {e}") from None
     for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
+        _set_dotted(data, renamed_dotted_key(dotted), value)
     if overrides and "domain" in overrides and "compose.domain" not in overrides:
         domain = domain or str(overrides["domain"])  # one domain: the compose section follows it
     if base_model:
@@ -57,8 +67,8 @@ def merge_config(
     if eval_objectives:
         _set_dotted(data, "compose.eval_objectives", list(eval_objectives))
         _set_dotted(data, "eval.objectives", list(eval_objectives))
-    if em_floor >= 0:
-        _set_dotted(data, "registry.em_floor", em_floor)
+    if gate_floor >= 0:
+        _set_dotted(data, "register.gate_floor", gate_floor)
     if domain:
         data["domain"] = domain
         _set_dotted(data, "compose.domain", domain)  # compose writes it into the manifest for later steps

@@ -233,7 +233,7 @@ class JobRunner:
         )
 
     def delete(self, name: str, namespace: str) -> None:
-        from kubernetes.client import V1DeleteOptions
+        from kubernetes.client import V1DeleteOptions  # lazy: as in custom_objects_api
 
         self.api.delete_namespaced_custom_object(
             self.res.group,
@@ -246,7 +246,7 @@ class JobRunner:
 
     def wait(self, name: str, namespace: str, timeout_s: float | None = None, watch_s: int = 300) -> str:
         """Follow the job's conditions until it succeeds (returns the summary) or fails (raises)."""
-        from kubernetes import watch
+        from kubernetes import watch  # lazy: as in custom_objects_api
 
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         last = ""
@@ -304,7 +304,7 @@ class JobRunner:
 
 def custom_objects_api(configuration: Any | None = None) -> Any:
     """In-cluster credentials (the pipeline runner's service account), else the local kubeconfig."""
-    from kubernetes import client, config
+    from kubernetes import client, config  # lazy: only to launch a multi-node job from a pod
 
     if configuration is None:
         try:

@@ -7,6 +7,7 @@ line and field named.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -27,6 +28,70 @@ def check_objectives(value: list[int]) -> list[int]:
 
 class ConfigError(ValueError):
     """A config file or value that cannot be used; the message names file, line and field."""
+
+
+class DeprecatedNameWarning(FutureWarning):
+    """An old config key or pipeline parameter name was used; the message names the new one.
+
+    A FutureWarning, not a DeprecationWarning: it is meant for whoever wrote the config or the command
+    line, and Python shows FutureWarning by default (DeprecationWarning only inside __main__)."""
+
+
+# Old config keys, each with the key that replaced it: one name per step (the `register` section of
+# `mem1 register` and RegisterConfig), and the gate's floor named for what it holds (the gate metric,
+# the mean reward on shop, not EM).
+RENAMED_SECTIONS = {"registry": "register"}
+RENAMED_REGISTER_FIELDS = {"em_floor": "gate_floor"}
+
+
+def warn_renamed(old: str, new: str, what: str = "config key") -> None:
+    warnings.warn(f"{what} {old!r} is deprecated: use {new!r}", DeprecatedNameWarning, stacklevel=3)
+
+
+def _move_key(data: dict[str, Any], old: str, new: str, where: str = "") -> dict[str, Any]:
+    """`data` with key `old` moved to `new` (a warning naming both); nested sections are merged, and
+    the same setting given under both names with different values is an error naming both."""
+    if old not in data:
+        return data
+    warn_renamed(where + old, where + new)
+    data = dict(data)
+    value = data.pop(old)
+    if new not in data:
+        data[new] = value
+    elif isinstance(value, dict) and isinstance(data[new], dict):
+        clash = sorted(k for k in value if k in data[new] and value[k] != data[new][k])
+        if clash:
+            raise ValueError(f"{where}{old} and {where}{new} both set {clash}; keep only {where}{new}")
+        data[new] = {**value, **data[new]}
+    elif value != data[new]:
+        raise ValueError(
+            f"{where}{old} and {where}{new} disagree ({value!r} vs {data[new]!r}); keep only {where}{new}"
+        )
+    return data
+
+
+def rename_old_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """A pipeline config dict with every old key moved to its new name (see RENAMED_*)."""
+    for old, new in RENAMED_SECTIONS.items():
+        data = _move_key(data, old, new)
+    section = data.get("register")
+    if isinstance(section, dict):
+        for old, new in RENAMED_REGISTER_FIELDS.items():
+            section = _move_key(section, old, new, "register.")
+        data = {**data, "register": section}
+    return data
+
+
+def renamed_dotted_key(dotted: str) -> str:
+    """An override's dotted key under its new name ('registry.em_floor' -> 'register.gate_floor')."""
+    head, _, rest = dotted.partition(".")
+    new = RENAMED_SECTIONS.get(head, head)
+    if new == "register" and rest in RENAMED_REGISTER_FIELDS:
+        rest = RENAMED_REGISTER_FIELDS[rest]
+    renamed = f"{new}.{rest}" if rest else new
+    if renamed != dotted:
+        warn_renamed(dotted, renamed)
+    return renamed
 
 
 class StrictModel(BaseModel):
@@ -104,7 +169,7 @@ class RetrievalConfig(StrictModel):
 
 
 class ComposeConfig(StrictModel):
-    """compose_dataset: N-objective tasks from single questions, plus the retrieval corpus.
+    """compose: N-objective tasks from single questions, plus the retrieval corpus.
 
     `domain` picks the task family: "qa" composes questions from `sources`; "shop" composes purchase
     instructions over the `shop` catalogue. PipelineConfig keeps it equal to the pipeline's domain.
@@ -206,7 +271,7 @@ class PretrainConfig(StrictModel):
 
 
 class SFTConfig(StrictModel):
-    """sft_warmup: teach the tag format on oracle-teacher trajectories (TRL SFTTrainer)."""
+    """sft: the warm-up; teach the tag format on oracle-teacher trajectories (TRL SFTTrainer)."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
@@ -233,7 +298,7 @@ class SFTConfig(StrictModel):
 
 
 class PPOConfig(StrictModel):
-    """ppo_train: PPO over MEM1 rollouts, scored through one stitched, masked forward pass.
+    """ppo: PPO over MEM1 rollouts, scored through one stitched, masked forward pass.
 
     `advantage` picks how an episode's outcome reward becomes per-token advantages (rl/advantages.py):
     `gae` learns a critic; `grpo` and `rloo` roll out `group_size` samples of each task and compare
@@ -320,7 +385,7 @@ class PPOConfig(StrictModel):
 
 
 class EvalConfig(StrictModel):
-    """evaluate: the grid objectives x memory modes on held-out tasks."""
+    """eval: the grid objectives x memory modes on held-out tasks."""
 
     agent: AgentConfig = Field(default_factory=lambda: AgentConfig(temperature=0.0))
     objectives: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])
@@ -341,7 +406,7 @@ class EvalConfig(StrictModel):
 
 
 class RegisterConfig(StrictModel):
-    """register_model: MLflow registration and the champion promotion gate."""
+    """register: MLflow registration and the champion promotion gate."""
 
     model_name: str = "mem1-agent"
     gate_objectives: int = Field(2, ge=1, le=MAX_OBJECTIVES)
@@ -349,7 +414,18 @@ class RegisterConfig(StrictModel):
     # What the gate compares: `auto` is EM for QA and the mean WebShop reward for shop (where EM only
     # says "the exact target was bought", which a tiny model almost never does).
     gate_metric: Literal["auto", "em", "f1", "reward", "success_rate"] = "auto"
-    em_floor: float = Field(0.0, ge=0)  # floor of the gate metric (named before shop existed)
+    gate_floor: float = Field(
+        0.0, ge=0, description="the gate metric must beat this (strictly) to move champion; was em_floor"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_field_names(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for old, new in RENAMED_REGISTER_FIELDS.items():
+            data = _move_key(data, old, new)
+        return data
 
 
 class TrackingConfig(StrictModel):
@@ -357,6 +433,13 @@ class TrackingConfig(StrictModel):
 
     tracking_uri: str | None = None
     experiment: str = "mem1"
+
+
+# pydantic models are ABCs, so `register` is also ABCMeta.register: a method of the class only, never
+# of an instance, which sees the field. pydantic's warning that the field shadows it does not apply.
+warnings.filterwarnings(
+    "ignore", message='Field name "register" in "PipelineConfig" shadows', category=UserWarning
+)
 
 
 class PipelineConfig(StrictModel):
@@ -368,8 +451,13 @@ class PipelineConfig(StrictModel):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    registry: RegisterConfig = Field(default_factory=RegisterConfig)
+    register: RegisterConfig = Field(default_factory=RegisterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_key_names(cls, data: Any) -> Any:
+        return rename_old_keys(data) if isinstance(data, dict) else data
 
     @model_validator(mode="before")
     @classmethod
@@ -396,13 +484,17 @@ class PipelineConfig(StrictModel):
         return data
 
 
+_RENAMED = {**RENAMED_SECTIONS, **RENAMED_REGISTER_FIELDS}
+
+
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     """1-based line of the YAML key at `loc`, or of its deepest existing parent."""
     line = None
     for key in loc:
         if isinstance(node, yaml.MappingNode):
+            names = {str(key)} | {old for old, new in _RENAMED.items() if new == str(key)}
             for k, v in node.value:
-                if k.value == str(key):
+                if k.value in names:
                     line, node = k.start_mark.line + 1, v
                     break
             else:
@@ -442,11 +534,18 @@ def load_yaml(path: str | Path) -> tuple[dict[str, Any], yaml.Node | None]:
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Load and validate the pipeline config; `overrides` are dotted keys, e.g. {'ppo.steps': 2}."""
+    """Load and validate the pipeline config; `overrides` are dotted keys, e.g. {'ppo.steps': 2}.
+
+    Old key names (in the file or in an override) still load, with a DeprecatedNameWarning naming the
+    new one; they are renamed before the overrides apply, so an override wins whichever name it uses."""
     data, node = load_yaml(path)
+    try:
+        data = rename_old_keys(data)
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from None
     for dotted, value in (overrides or {}).items():
         target = data
-        *parents, leaf = dotted.split(".")
+        *parents, leaf = renamed_dotted_key(dotted).split(".")
         for key in parents:
             target = target.setdefault(key, {})
         target[leaf] = value

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, trainers
+from tokenizers.models import BPE
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -56,15 +58,13 @@ def train_tokenizer(
     re-registered as non-special added tokens, so `decode(..., skip_special_tokens=True)` — which
     trainers and pipelines call freely — still keeps `<IS>`, `<query>`… in the text.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tags = grammar.special_tokens
     reserved = [PAD_TOKEN, EOS_TOKEN, *tags]
     if vocab_size < len(reserved) + 256:
         raise ValueError(
             f"vocab_size {vocab_size} is too small: needs >= {len(reserved) + 256} (bytes + tags)"
         )
-    tok = Tokenizer(models.BPE(unk_token=None))
+    tok = Tokenizer(BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(

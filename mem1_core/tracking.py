@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import requests
 from pydantic import BaseModel
 
 from mem1_core.config import PipelineConfig, TrackingConfig
@@ -73,13 +74,8 @@ def is_transient(exc: BaseException) -> bool:
     """True for errors a retry can fix (connection refused/reset, timeouts, HTTP 5xx, SQLite busy)."""
     if isinstance(exc, ConnectionError | TimeoutError):
         return True
-    try:
-        import requests
-
-        if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
-            return True
-    except ImportError:  # pragma: no cover - requests ships with mlflow
-        pass
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return True
     text = str(exc).lower()
     return any(marker in text for marker in _TRANSIENT_MARKERS)
 
@@ -224,6 +220,7 @@ class Tracker:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
+        # lazy: mlflow takes ~2 s to import; only a Tracker needs it, not the URI and param helpers here
         from mlflow.tracking import MlflowClient
 
         # One retry policy decides (ours, with its clear error): MLflow's own urllib3 retries would
@@ -303,7 +300,7 @@ class Tracker:
         tags: Mapping[str, str],
         parent_run_id: str | None,
     ) -> Iterator[RunHandle]:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # lazy: mlflow, loaded by the Tracker (__post_init__)
 
         # Build and validate everything before the run exists.
         params = flatten_params(config)
@@ -365,7 +362,7 @@ class RunHandle:
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """The metrics callback for sft.run / ppo.run: one batch per training step."""
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # lazy: mlflow, loaded by the Tracker (__post_init__)
 
         values = validate_metrics(metrics)
         now = int(time.time() * 1000)
@@ -388,7 +385,7 @@ class RunHandle:
         return {TRACKING_URI_ENV: self.tracker.tracking_uri, RUN_ID_ENV: self.run_id}
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # lazy: mlflow, loaded by the Tracker (__post_init__)
 
         flat = flatten_params(params)
         validate_params(flat)
@@ -400,7 +397,7 @@ class RunHandle:
             )
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # lazy: mlflow, loaded by the Tracker (__post_init__)
 
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         if items:

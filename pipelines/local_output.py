@@ -39,15 +39,15 @@ def key_metric(task: str, out: Mapping[str, Any]) -> str:
     if task == "prepare-run":
         run_id = (out.get("parameterValues") or {}).get("parent_run_id", "")
         return f"MLflow run {run_id[:12]}" if run_id else ""
-    if task == "compose-dataset":
+    if task == "compose":
         m = _artifact_meta(out, "stats")
         parts = [f"{int(m[k])} {label}" for k, label in (("train_tasks", "train"), ("eval_tasks", "eval"))]
         return f"{' / '.join(parts)} tasks, {int(m.get('documents', 0))} documents" if m else ""
-    if task in ("sft-warmup", "ppo-train"):
+    if task in ("sft", "ppo"):
         m = _artifact_meta(out, "metrics")
-        keys = ("sft/loss", "pretrain/loss") if task == "sft-warmup" else ("ppo/reward", "ppo/em", "ppo/kl")
+        keys = ("sft/loss", "pretrain/loss") if task == "sft" else ("ppo/reward", "ppo/em", "ppo/kl")
         return "  ".join(f"{k.split('/')[1]} {m[k]:.3f}" for k in keys if _num(m, k) is not None)
-    if task == "evaluate":
+    if task == "eval":
         m = _artifact_meta(out, "metrics")
         cells = sorted(
             (int(k.split(".")[1][1:]), v)
@@ -55,7 +55,7 @@ def key_metric(task: str, out: Mapping[str, Any]) -> str:
             if k.startswith("em.n") and k.endswith(".mem1")
         )
         return "  ".join(f"EM@{n} {v:.3f}" for n, v in cells[:3]) + (" (mem1)" if cells else "")
-    if task == "register-model":
+    if task == "register":
         try:
             result = json.loads((out.get("parameterValues") or {}).get("Output") or "{}")
         except json.JSONDecodeError:

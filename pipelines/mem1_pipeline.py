@@ -1,9 +1,9 @@
-"""The MEM1 pipeline: prepare -> compose -> SFT -> PPO -> evaluate -> register, closed by an exit handler.
+"""The MEM1 pipeline: prepare -> compose -> sft -> ppo -> eval -> register, closed by an exit handler.
 
 Wiring and placement only; every step's work happens in mem1_core through components/. Cluster facts
 that do not change per run (GPU node pool, secret and volume names, requests) are compile-time
-`ClusterOptions`; what a user varies per run (config, model, objectives, nodes, GPUs, MLflow URI,
-promotion floor) are pipeline parameters.
+`ClusterOptions`; what a user varies per run (config, model, objectives, nodes, GPUs, MLflow tracking URI,
+the gate's floor) are pipeline parameters.
 """
 
 import json
@@ -18,6 +18,9 @@ from components.images import Images
 from mem1_core.config import PipelineConfig
 
 PIPELINE_NAME = "mem1-pipeline"
+# Pipeline parameters that were renamed, each with its new name: the MLflow tracking URI is
+# `tracking_uri` as in the config and the components, and the gate's floor is named as in the config.
+RENAMED_PARAMETERS = {"mlflow_uri": "tracking_uri", "em_floor": "gate_floor"}
 
 
 @dataclass(frozen=True)
@@ -151,16 +154,16 @@ def build_pipeline(
         sources_json: str = "",
         train_objectives: list = [],  # noqa: B006
         eval_objectives: list = [],  # noqa: B006
-        em_floor: float = -1.0,
+        gate_floor: float = -1.0,
         domain: str = "",
-        mlflow_uri: str = "",
+        tracking_uri: str = "",
         experiment: str = "",
         num_nodes: int = 1,
         gpus_per_node: int = 1,
         accelerator_type: str = "nvidia.com/gpu",
         training_launcher: str = "trainjob",
     ) -> None:
-        finish = c.finish_run(tracking_uri=mlflow_uri, pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        finish = c.finish_run(tracking_uri=tracking_uri, pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         finish.set_display_name("close MLflow run").set_caching_options(enable_caching=False)
         _with_mlflow_env(_light(finish, cluster), cluster)
         _non_root(finish, cluster.base_uid)
@@ -173,9 +176,9 @@ def build_pipeline(
                 sources_json=sources_json,
                 train_objectives=train_objectives,
                 eval_objectives=eval_objectives,
-                em_floor=em_floor,
+                gate_floor=gate_floor,
                 domain=domain,
-                tracking_uri=mlflow_uri,
+                tracking_uri=tracking_uri,
                 experiment=experiment,
                 run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                 pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
@@ -202,17 +205,15 @@ def build_pipeline(
                 _non_root(rec, cluster.base_uid)
                 return _retry(_with_mlflow_env(_light(rec, cluster), cluster), cluster)
 
-            compose = c.compose_dataset(compose_json=prep.outputs["compose"]).set_display_name(
-                "compose dataset"
-            )
+            compose = c.compose(compose_json=prep.outputs["compose"]).set_display_name("compose dataset")
             compose.set_caching_options(enable_caching=True)
             compose.set_cpu_request(cluster.cpu_request).set_memory_request(cluster.memory_request)
             kubernetes.use_secret_as_env(compose, cluster.hf_secret, {"HF_TOKEN": "HF_TOKEN"}, optional=True)
             _retry(_non_root(compose, cluster.base_uid), cluster)
 
-            record("compose_dataset", prep.outputs["compose"], compose, "stats", "dataset", "log compose")
+            record("compose", prep.outputs["compose"], compose, "stats", "dataset", "log compose")
 
-            sft = c.sft_warmup(
+            sft = c.sft(
                 sft_json=prep.outputs["sft"],
                 tracking_uri=uri,
                 parent_run_id=parent,
@@ -224,7 +225,7 @@ def build_pipeline(
             _training_step(sft, cluster, images, accelerator_type, gpus_per_node)
             _non_root(sft, cluster.trainer_uid)
 
-            ppo = c.ppo_train(
+            ppo = c.ppo(
                 ppo_json=prep.outputs["ppo"],
                 tracking_uri=uri,
                 parent_run_id=parent,
@@ -237,7 +238,7 @@ def build_pipeline(
             _training_step(ppo, cluster, images, accelerator_type, gpus_per_node)
             _non_root(ppo, cluster.trainer_uid)
 
-            ev = c.evaluate(
+            ev = c.eval(
                 eval_json=prep.outputs["eval"],
                 dataset=compose.outputs["dataset"],
                 model=ppo.outputs["model"],
@@ -245,10 +246,10 @@ def build_pipeline(
             ev.set_caching_options(enable_caching=True)
             _retry(_on_gpu_pool(_non_root(ev, cluster.trainer_uid), cluster, accelerator_type, 1), cluster)
 
-            record_eval = record("evaluate", prep.outputs["eval"], ev, "metrics", "results", "log evaluation")
+            record_eval = record("eval", prep.outputs["eval"], ev, "metrics", "results", "log evaluation")
 
-            register = c.register_model(
-                registry_json=prep.outputs["registry"],
+            register = c.register(
+                register_json=prep.outputs["register"],
                 tracking_uri=uri,
                 parent_run_id=parent,
                 dataset=compose.outputs["dataset"],

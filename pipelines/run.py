@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import kfp
+from kfp import compiler, local
+
 from components.images import Images
-from mem1_core.config import PipelineConfig, load_config
+from mem1_core.config import PipelineConfig, load_config, warn_renamed
 from mem1_core.data.compose import load_tasks
 from mem1_core.tracking import default_tracking_uri, resolve_tracking_uri
 from pipelines.local_output import StepLog, Summary, display_dir
-from pipelines.mem1_pipeline import PIPELINE_NAME, ClusterOptions, build_pipeline
+from pipelines.mem1_pipeline import PIPELINE_NAME, RENAMED_PARAMETERS, ClusterOptions, build_pipeline
 
 
 def compile_pipeline(
@@ -26,12 +29,24 @@ def compile_pipeline(
     cluster: ClusterOptions | None = None,
 ) -> Path:
     """Write the compiled pipeline spec (YAML) with `config` as the default config_json parameter."""
-    from kfp import compiler
-
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     pipeline = build_pipeline(images, cluster, config)
     compiler.Compiler().compile(pipeline, str(out))
+    return out
+
+
+def renamed_parameters(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Run arguments with old parameter names (RENAMED_PARAMETERS) under their new ones, each with a
+    DeprecatedNameWarning naming the new name; old and new given with different values is a ValueError."""
+    out = dict(arguments)
+    for old, new in RENAMED_PARAMETERS.items():
+        if old in out:
+            warn_renamed(old, new, "pipeline parameter")
+            value = out.pop(old)
+            if new in out and out[new] != value:
+                raise ValueError(f"pipeline parameters {old} and {new} disagree; pass only {new}")
+            out[new] = value
     return out
 
 
@@ -44,9 +59,9 @@ def submit(
     run_name: str | None = None,
     arguments: dict[str, Any] | None = None,
 ) -> str:
-    """Create a run of a compiled package on a KFP host; returns the run id."""
-    import kfp
-
+    """Create a run of a compiled package on a KFP host; returns the run id. Old parameter names in
+    `arguments` are sent under their new names (renamed_parameters)."""
+    arguments = renamed_parameters(arguments or {})
     host = host or os.environ.get("KFP_HOST")
     if not host:
         raise ValueError("no KFP host: pass --host or set KFP_HOST (e.g. http://ml-pipeline-ui.kubeflow:80)")
@@ -55,7 +70,7 @@ def submit(
     client = kfp.Client(host=host, existing_token=token, namespace=namespace)
     result = client.create_run_from_pipeline_package(
         str(package),
-        arguments=arguments or {},
+        arguments=arguments,
         run_name=run_name or f"{PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
         experiment_name=experiment,
         namespace=namespace,
@@ -85,8 +100,6 @@ def run_local(
     `console` (default stdout) gets one line per step; everything kfp.local and the steps print goes
     to <run_dir>/logs/pipeline-<time>.log. A failed step raises RuntimeError naming that log.
     """
-    from kfp import local
-
     console = console or sys.stdout
     run_dir = Path(run_dir or config.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -116,9 +129,9 @@ def run_local(
                     sources_json="",
                     train_objectives=[],
                     eval_objectives=[],
-                    em_floor=-1.0,
+                    gate_floor=-1.0,
                     domain="",
-                    mlflow_uri=uri,
+                    tracking_uri=uri,
                     experiment=config.tracking.experiment,
                     num_nodes=1,
                     gpus_per_node=1,
@@ -134,7 +147,7 @@ def run_local(
         if eval_dir and (eval_dir / "table.md").exists()
         else ""
     )
-    name = config.registry.model_name
+    name = config.register.model_name
     registered, aliases = _registered(uri, name)
     grid: list[dict[str, Any]] = []
     if eval_dir is not None and (eval_dir / "metrics.json").is_file():
@@ -152,7 +165,7 @@ def run_local(
         model_ref=f"models:/{name}@{'champion' if 'champion' in aliases else 'candidate'}"
         if registered
         else "",
-        questions=_sample_questions(run_dir / "kfp", config.registry.gate_objectives),
+        questions=_sample_questions(run_dir / "kfp", config.register.gate_objectives),
     )
     return LocalResult(run_dir, uri, outputs, eval_dir, table, registered, summary)
 
@@ -175,7 +188,7 @@ def _sample_questions(kfp_root: Path, objectives: int) -> list[str]:
 
 def _registered(tracking_uri: str, model_name: str) -> tuple[str, list[str]]:
     """The newest registered version of the model and its aliases: ('models:/name/3 (candidate)', [...])."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow (~2 s) only for the summary after a local run
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     versions = client.search_model_versions(f"name='{model_name}'")

@@ -413,7 +413,7 @@ def test_pipeline_prepare_validates_before_the_parent_run(tmp_path: Path, mlflow
             sources_json="",
             train_objectives=[],
             eval_objectives=[0],
-            em_floor=-1.0,
+            gate_floor=-1.0,
             domain="",
             tracking_uri=f"sqlite:///{mlflow_db}",
             experiment="bad-input",
@@ -426,7 +426,7 @@ def test_pipeline_prepare_validates_before_the_parent_run(tmp_path: Path, mlflow
     with pytest.raises(ConfigError, match=r"ppo\.stepz"):
         prepare_run(
             config_json=config_json, overrides={"ppo.stepz": 1}, base_model="", sources_json="",
-            train_objectives=[], eval_objectives=[], em_floor=-1.0, domain="",
+            train_objectives=[], eval_objectives=[], gate_floor=-1.0, domain="",
             tracking_uri=f"sqlite:///{mlflow_db}", experiment="bad-input", run_name="bad",
             pipeline_job_id="job-1", num_nodes=1, gpus_per_node=0, config=None,
         )  # fmt: skip

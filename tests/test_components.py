@@ -9,7 +9,7 @@ import pytest
 
 from components import build, launch, mlflow_runs, step_config
 from components.images import Images
-from mem1_core.config import ConfigError, PipelineConfig, load_config
+from mem1_core.config import ConfigError, DeprecatedNameWarning, PipelineConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def test_named_parameters_and_overrides_win_in_order() -> None:
         sources_json=json.dumps([{"kind": "hotpotqa", "path": "hotpotqa/hotpot_qa"}]),
         train_objectives=[2, 3],
         eval_objectives=[1, 4],
-        em_floor=0.25,
+        gate_floor=0.25,
         domain="shop",
         tracking_uri="http://mlflow:5000",
     )
@@ -40,8 +40,26 @@ def test_named_parameters_and_overrides_win_in_order() -> None:
     assert cfg.compose.sources[0].kind == "hotpotqa"
     assert cfg.compose.train_objectives == [2, 3]
     assert cfg.compose.eval_objectives == [1, 4] and cfg.eval.objectives == [1, 4]
-    assert cfg.registry.em_floor == 0.25 and cfg.domain == "shop"
+    assert cfg.register.gate_floor == 0.25 and cfg.domain == "shop"
     assert cfg.tracking.tracking_uri == "http://mlflow:5000"
+
+
+def test_old_key_names_still_merge_with_a_warning() -> None:
+    old = json.loads(tiny_json())
+    old["registry"] = {"model_name": "m", "em_floor": 0.1}
+    old["register"] = {"gate_objectives": 1}  # a section under both names merges
+    with pytest.warns(DeprecatedNameWarning) as seen:
+        cfg = step_config.merge_config(json.dumps(old))
+    assert {str(w.message) for w in seen} == {
+        "config key 'registry' is deprecated: use 'register'",
+        "config key 'register.em_floor' is deprecated: use 'register.gate_floor'",
+    }
+    assert (cfg.register.model_name, cfg.register.gate_floor, cfg.register.gate_objectives) == ("m", 0.1, 1)
+    with pytest.warns(
+        DeprecatedNameWarning, match="'registry.em_floor' is deprecated: use 'register.gate_floor'"
+    ):
+        cfg = step_config.merge_config(tiny_json(), overrides={"registry.em_floor": 0.3})
+    assert cfg.register.gate_floor == 0.3
 
 
 def test_bad_parameters_name_the_field() -> None:
@@ -86,10 +104,10 @@ def test_parent_run_nested_steps_and_exit_handler_close(tmp_path: Path) -> None:
     parent = mlflow_runs.start_parent_run(
         uri, "exp", "run-1", cfg.model_dump(mode="json"), pipeline_job_id="job-42"
     )
-    with mlflow_runs.nested_run(uri, parent, "sft_warmup", {"epochs": 1}) as step:
+    with mlflow_runs.nested_run(uri, parent, "sft", {"epochs": 1}) as step:
         step.log({"loss": 1.5}, 0)
         step.log({"loss": 1.0}, 1)
-    with pytest.raises(RuntimeError), mlflow_runs.nested_run(uri, parent, "ppo_train", {}):
+    with pytest.raises(RuntimeError), mlflow_runs.nested_run(uri, parent, "ppo", {}):
         raise RuntimeError("boom")
     assert mlflow_runs.finish_parent_run(uri, "job-42", "FAILED") == parent
     assert mlflow_runs.finish_parent_run(uri, "no-such-job", "SUCCEEDED") is None
@@ -100,12 +118,12 @@ def test_parent_run_nested_steps_and_exit_handler_close(tmp_path: Path) -> None:
     assert p.data.params["ppo.steps"] == str(cfg.ppo.steps)
     children = client.search_runs([p.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
     by_name = {r.info.run_name: r for r in children}
-    assert by_name["sft_warmup"].info.status == "FINISHED"
-    assert [m.value for m in client.get_metric_history(by_name["sft_warmup"].info.run_id, "loss")] == [
+    assert by_name["sft"].info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(by_name["sft"].info.run_id, "loss")] == [
         1.5,
         1.0,
     ]
-    assert by_name["ppo_train"].info.status == "FAILED"
+    assert by_name["ppo"].info.status == "FAILED"
     assert (tmp_path / "mlartifacts").is_dir()  # SQLite store keeps artifacts beside the database
 
 
@@ -142,7 +160,7 @@ def test_prepare_runs_as_a_real_kfp_local_component(tmp_path: Path) -> None:
         sources_json="",
         train_objectives=[],
         eval_objectives=[1, 2],
-        em_floor=-1.0,
+        gate_floor=-1.0,
         domain="",
         tracking_uri=uri,
         experiment="components-test",

@@ -1,8 +1,18 @@
+import warnings
 from pathlib import Path
 
 import pytest
 
-from mem1_core.config import ConfigError, EvalConfig, PipelineConfig, load_config, parse_mode, parse_section
+from mem1_core.config import (
+    ConfigError,
+    DeprecatedNameWarning,
+    EvalConfig,
+    PipelineConfig,
+    RegisterConfig,
+    load_config,
+    parse_mode,
+    parse_section,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,3 +82,65 @@ def test_pretraining_is_refused_for_a_pretrained_base_model(tmp_path: Path) -> N
     expected = r"hub\.yaml:1: sft: .*pretrain\.steps 10 needs model\.base_model 'tiny'"
     with pytest.raises(ConfigError, match=expected):
         load_config(bad)
+
+
+OLD_REGISTER = "registry:\n  model_name: old-agent\n  em_floor: 0.3\n"
+
+
+def test_old_register_keys_load_with_a_warning_naming_the_new_ones(tmp_path: Path) -> None:
+    old = tmp_path / "old.yaml"
+    old.write_text(OLD_REGISTER)
+    with pytest.warns(DeprecatedNameWarning) as seen:
+        cfg = load_config(old)
+    assert (cfg.register.model_name, cfg.register.gate_floor) == ("old-agent", 0.3)
+    messages = [str(w.message) for w in seen]
+    assert "config key 'registry' is deprecated: use 'register'" in messages
+    assert "config key 'register.em_floor' is deprecated: use 'register.gate_floor'" in messages
+    with pytest.warns(DeprecatedNameWarning, match="'em_floor' is deprecated: use 'gate_floor'"):
+        assert RegisterConfig(em_floor=0.2).gate_floor == 0.2
+    with pytest.warns(DeprecatedNameWarning, match="'registry' is deprecated: use 'register'"):
+        assert PipelineConfig.model_validate({"registry": {"gate_floor": 0.1}}).register.gate_floor == 0.1
+
+
+def test_an_old_override_key_wins_over_the_new_file(tmp_path: Path) -> None:
+    with pytest.warns(
+        DeprecatedNameWarning, match="'registry.em_floor' is deprecated: use 'register.gate_floor'"
+    ):
+        cfg = load_config(REPO / "configs" / "local-tiny.yaml", {"registry.em_floor": 0.4})
+    assert cfg.register.gate_floor == 0.4
+    old = tmp_path / "old.yaml"
+    old.write_text(OLD_REGISTER)
+    with pytest.warns(DeprecatedNameWarning):
+        cfg = load_config(old, {"register.gate_floor": 0.5})
+    assert (cfg.register.model_name, cfg.register.gate_floor) == ("old-agent", 0.5)
+
+
+def test_new_names_load_without_a_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecatedNameWarning)
+        for preset in sorted((REPO / "configs").glob("*.yaml")):
+            load_config(preset, {"register.gate_floor": 0.1})
+        assert RegisterConfig(gate_floor=0.1).gate_floor == 0.1
+
+
+def test_old_and_new_names_that_disagree_are_refused(tmp_path: Path) -> None:
+    both = tmp_path / "both.yaml"
+    both.write_text("register:\n  gate_floor: 0.1\nregistry:\n  gate_floor: 0.2\n")
+    with pytest.warns(DeprecatedNameWarning), pytest.raises(ConfigError, match="keep only register"):
+        load_config(both)
+    with pytest.warns(DeprecatedNameWarning), pytest.raises(ConfigError, match="keep only gate_floor"):
+        parse_section(RegisterConfig, {"em_floor": 0.1, "gate_floor": 0.2})
+    same = tmp_path / "same.yaml"
+    same.write_text("register:\n  gate_floor: 0.1\n  em_floor: 0.1\n")
+    with pytest.warns(DeprecatedNameWarning):
+        assert load_config(same).register.gate_floor == 0.1
+
+
+def test_errors_under_an_old_key_still_name_its_line(tmp_path: Path) -> None:
+    old = tmp_path / "old.yaml"
+    old.write_text("ppo:\n  steps: 1\nregistry:\n  gate_objectives: 0\n")
+    with (
+        pytest.warns(DeprecatedNameWarning),
+        pytest.raises(ConfigError, match=rf"{old}:4: register\.gate_objectives"),
+    ):
+        load_config(old)

@@ -350,7 +350,7 @@ def test_sft_under_zero2_on_two_cpu_ranks_matches_one_process(
     assert model.config.hidden_size == 32
 
 
-# The launching pod: the sft_warmup component's body (a parent run as prepare_run makes it, then the step
+# The launching pod: the sft component's body (a parent run as prepare_run makes it, then the step
 # in its nested run) with num_nodes 2 (a TrainJob), in a process of its own that finds the "cluster"
 # through its kubeconfig, as a pod finds it through its service account.
 LAUNCHING_POD = textwrap.dedent(
@@ -364,7 +364,7 @@ LAUNCHING_POD = textwrap.dedent(
     section, data_dir, out_dir, uri = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
     parent = start_parent_run(uri, "mem1", "pipeline", {})
     run_id, metrics = train_step(
-        "sft", section, uri, parent, "sft_warmup", data_dir, None, out_dir, 2, 0, "trainjob"
+        "sft", section, uri, parent, data_dir, None, out_dir, 2, 0, "trainjob"
     )
     print("step result: " + json.dumps({"parent": parent, "run_id": run_id, "metrics": metrics}))
     """

@@ -158,12 +158,12 @@ def test_registration_rides_out_a_few_503s(
     assets: dict[str, Path],
     tmp_path: Path,
 ) -> None:
-    from mem1_core import registry
+    from mem1_core.registry import registration
 
     flaky.failures = 3
     policy = RetryPolicy(attempts=5, initial_delay=0.1, max_delay=0.4)
     t0 = time.monotonic()
-    result = registry.run(
+    result = registration.run(
         RegisterConfig(model_name="mem1-flaky"), assets["model"], _eval_dir(tmp_path, 0.5), assets["data"],
         Tracker(flaky.url, experiment="faults-flaky", retry=policy),
     )  # fmt: skip
@@ -182,12 +182,12 @@ def test_mlflow_that_keeps_failing_gives_a_clear_error_and_registers_nothing(
     assets: dict[str, Path],
     tmp_path: Path,
 ) -> None:
-    from mem1_core import registry
+    from mem1_core.registry import registration
 
     flaky.failures = 10**9
     policy = RetryPolicy(attempts=3, initial_delay=0.1, max_delay=0.2)
     with pytest.raises(TrackingError) as info:
-        registry.run(
+        registration.run(
             RegisterConfig(model_name="mem1-down"), assets["model"], _eval_dir(tmp_path, 0.5), assets["data"],
             Tracker(flaky.url, experiment="faults-down", retry=policy),
         )  # fmt: skip

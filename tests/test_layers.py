@@ -3,8 +3,9 @@
 The order is written once, here. Imports are read with ast, module level and inside functions alike,
 so an import tucked into a function body cannot hide a dependency that points up or closes a cycle.
 A project import inside a function must say why on its line or the comment right above it (a heavy
-dependency behind it, CLI start-up time); the KFP step bodies are exempt, since KFP ships only the
-function's source and every import must sit inside it.
+dependency behind it, CLI start-up time); so must any other import inside a function (a heavy or optional
+dependency; a light one belongs at the top of the module). The KFP step bodies are exempt, since KFP
+ships only the function's source and every import must sit inside it.
 """
 
 from __future__ import annotations
@@ -39,8 +40,7 @@ LAYERS: tuple[str, ...] = (
 )
 # KFP lightweight components: their bodies are shipped as source, so every import sits inside them.
 KFP_STEP_BODIES = frozenset(
-    f"components.{m}"
-    for m in ("compose", "evaluate", "finish", "ppo", "prepare", "record", "register", "sft")
+    f"components.{m}" for m in ("compose", "eval", "finish", "ppo", "prepare", "record", "register", "sft")
 )
 
 
@@ -169,6 +169,48 @@ def test_lazy_project_imports_say_why() -> None:
         if e.lazy and not e.reason and e.src not in KFP_STEP_BODIES and e.src != "components"
     ]
     assert not bad, "project imports inside functions without a reason comment:\n" + "\n".join(bad)
+
+
+def lazy_imports_without_reason(path: Path, text: str | None = None) -> list[str]:
+    """Imports of anything but the project inside a function body of `path` with no reason comment."""
+    text = path.read_text(encoding="utf-8") if text is None else text
+    lines = text.splitlines()
+    found = []
+    for fn in ast.walk(ast.parse(text)):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            outside = [n for n in names if n.split(".")[0] not in ROOTS]
+            if outside and not _has_reason(lines, node.lineno):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno} {', '.join(outside)}")
+    return sorted(set(found))
+
+
+def test_other_imports_inside_functions_say_why() -> None:
+    """Imports inside functions stay only for heavy or optional dependencies, each with its reason
+    (`# lazy: ...`); a light, always-installed one belongs at the top of its module."""
+    bad = [
+        where
+        for root in ROOTS
+        for p in sorted((REPO / root).rglob("*.py"))
+        if module_name(p) not in KFP_STEP_BODIES
+        for where in lazy_imports_without_reason(p)
+    ]
+    assert not bad, "imports inside functions without a reason comment:\n" + "\n".join(bad)
+
+
+def test_the_lazy_import_checker_can_fail() -> None:
+    probe = REPO / "mem1_core" / "_lazy_probe.py"
+    text = (
+        "def f():\n    import json\n\n    # lazy: heavy\n    import torch\n    from mem1_core import models\n"
+    )
+    assert lazy_imports_without_reason(probe, text) == ["mem1_core/_lazy_probe.py:2 json"]
 
 
 @pytest.mark.parametrize(

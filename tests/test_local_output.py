@@ -27,7 +27,7 @@ def summary(tmp_path: Path, uri: str, default: str) -> Summary:
         default_uri=default,
         bin_dir=".venv/bin/",
         grid=GRID,
-        eval_dir=tmp_path / "runs/kfp/x/evaluate/results",
+        eval_dir=tmp_path / "runs/kfp/x/eval/results",
         registered="models:/mem1-agent/3 (candidate, champion)",
         model_ref="models:/mem1-agent@champion",
         questions=QUESTIONS,
@@ -72,30 +72,30 @@ def test_display_dir(tmp_path: Path) -> None:
 
 def test_step_log_one_line_per_task_rest_to_the_log(tmp_path: Path) -> None:
     root = tmp_path / "kfp"
-    task_dir = root / "mem1-pipeline-1" / "sft-warmup"
+    task_dir = root / "mem1-pipeline-1" / "sft"
     task_dir.mkdir(parents=True)
     meta = {"sft/loss": 1.25, "sft/epoch": 4.0}
     out = {"artifacts": {"metrics": {"artifacts": [{"name": "metrics", "metadata": meta}]}}}
     (task_dir / "executor_output.json").write_text(json.dumps(out))
     log, console = io.StringIO(), io.StringIO()
     steps = StepLog(log, console, root)
-    steps.write("12:00:00.000 - INFO - Executing task \x1b[96m'sft-warmup'\x1b[0m\n")
+    steps.write("12:00:00.000 - INFO - Executing task \x1b[96m'sft'\x1b[0m\n")
     for i in range(1000):
         steps.write(f"    {i}/1000 [00:01<00:00]\n")
-    steps.write("12:00:09.000 - INFO - Task \x1b[96m'sft-warmup'\x1b[0m finished with ")
+    steps.write("12:00:09.000 - INFO - Task \x1b[96m'sft'\x1b[0m finished with ")
     steps.write("status \x1b[92mSUCCESS\x1b[0m\n")
     lines = console.getvalue().splitlines()
-    assert len(lines) == 1 and lines[0].split()[:2] == ["ok", "sft-warmup"] and "loss 1.250" in lines[0]
+    assert len(lines) == 1 and lines[0].split()[:2] == ["ok", "sft"] and "loss 1.250" in lines[0]
     assert log.getvalue().count("\n") == 1002
 
 
 def test_key_metrics() -> None:
     reg = {"parameterValues": {"Output": json.dumps({"model_uri": "models:/m/2", "promoted": True})}}
-    assert key_metric("register-model", reg).startswith("models:/m/2 (champion")
+    assert key_metric("register", reg).startswith("models:/m/2 (champion")
     ev = {"em.n1.mem1": 0.5, "em.n2.mem1": 0.25, "em.n2.full": 0.0, "f1.n1.mem1": 0.6}
     ev_out = {"artifacts": {"metrics": {"artifacts": [{"metadata": ev}]}}}
-    assert key_metric("evaluate", ev_out) == "EM@1 0.500  EM@2 0.250 (mem1)"
-    assert key_metric("finish-run", {}) == "" and key_metric("evaluate", {}) == ""
+    assert key_metric("eval", ev_out) == "EM@1 0.500  EM@2 0.250 (mem1)"
+    assert key_metric("finish-run", {}) == "" and key_metric("eval", {}) == ""
 
 
 class _Terminal(io.StringIO):
@@ -106,8 +106,8 @@ class _Terminal(io.StringIO):
 def test_on_a_terminal_the_running_step_is_one_line_its_result_overwrites(tmp_path: Path) -> None:
     console = _Terminal()
     steps = StepLog(io.StringIO(), console, tmp_path)
-    steps.write("INFO - Executing task 'evaluate'\n" + "progress\n" * 50)
-    assert console.getvalue().count("\n") == 0 and "evaluate" in console.getvalue()
-    steps.write("INFO - Task 'evaluate' finished with status FAILURE\n")
+    steps.write("INFO - Executing task 'eval'\n" + "progress\n" * 50)
+    assert console.getvalue().count("\n") == 0 and "eval" in console.getvalue()
+    steps.write("INFO - Task 'eval' finished with status FAILURE\n")
     assert console.getvalue().count("\n") == 1
-    assert console.getvalue().split("\r\x1b[K")[1].split()[:2] == ["FAILURE", "evaluate"]
+    assert console.getvalue().split("\r\x1b[K")[1].split()[:2] == ["FAILURE", "eval"]

@@ -13,7 +13,7 @@ from mem1_core.cli import main
 from mem1_core.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-GPU_STEPS = ("sft-warmup", "ppo-train", "evaluate")
+GPU_STEPS = ("sft", "ppo", "eval")
 SECRET_VALUES = {
     "AWS_SECRET_ACCESS_KEY": "s3cr3t-do-not-ship",
     "MLFLOW_TRACKING_PASSWORD": "hunter2-do-not-ship",
@@ -52,17 +52,17 @@ def test_all_steps_present_and_chained(compiled: tuple[str, dict, dict]) -> None
     tasks = _tasks(spec)
     for name in (
         "prepare-run",
-        "compose-dataset",
-        "sft-warmup",
-        "ppo-train",
-        "evaluate",
-        "register-model",
+        "compose",
+        "sft",
+        "ppo",
+        "eval",
+        "register",
         "finish-run",
     ):
         assert name in tasks, name
-    assert "sft-warmup" in tasks["ppo-train"]["dependentTasks"]
-    assert "ppo-train" in tasks["evaluate"]["dependentTasks"]
-    assert {"ppo-train", "evaluate"} <= set(tasks["register-model"]["dependentTasks"])
+    assert "sft" in tasks["ppo"]["dependentTasks"]
+    assert "ppo" in tasks["eval"]["dependentTasks"]
+    assert {"ppo", "eval"} <= set(tasks["register"]["dependentTasks"])
     assert tasks["finish-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
 
 
@@ -73,20 +73,20 @@ def test_gpu_steps_request_accelerators_cpu_memory_and_gpu_pool(compiled: tuple[
         res = execs[f"exec-{step}"]["container"]["resources"]
         assert "accelerator_type" in res["accelerator"]["resourceType"]
         count = res["accelerator"]["resourceCount"]
-        assert ("gpus_per_node" in count) if step != "evaluate" else count == "1"
+        assert ("gpus_per_node" in count) if step != "eval" else count == "1"
         assert res["resourceCpuRequest"] == "8" and res["resourceMemoryRequest"] == "64Gi"
         k8s = platform[f"exec-{step}"]
         assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s["tolerations"]
     # CPU steps stay off the GPU pool
-    for step in ("compose-dataset", "register-model", "prepare-run"):
+    for step in ("compose", "register", "prepare-run"):
         assert "accelerator" not in execs[f"exec-{step}"]["container"].get("resources", {})
         assert "nodeSelector" not in platform.get(f"exec-{step}", {})
 
 
 def test_training_steps_can_launch_multi_node_jobs(compiled: tuple[str, dict, dict]) -> None:
     _, spec, platform = compiled
-    for step in ("sft-warmup", "ppo-train"):
+    for step in ("sft", "ppo"):
         env = {
             e["name"]: e["value"]
             for e in spec["deploymentSpec"]["executors"][f"exec-{step}"]["container"]["env"]
@@ -102,22 +102,22 @@ def test_training_steps_can_launch_multi_node_jobs(compiled: tuple[str, dict, di
 def test_retry_and_caching_policies(compiled: tuple[str, dict, dict]) -> None:
     _, spec, _ = compiled
     tasks = _tasks(spec)
-    for name in ("compose-dataset", "sft-warmup", "ppo-train", "evaluate"):
+    for name in ("compose", "sft", "ppo", "eval"):
         assert tasks[name]["retryPolicy"]["maxRetryCount"] == 2, name
         assert tasks[name]["retryPolicy"]["backoffDuration"] == "60s"
-    assert "retryPolicy" not in tasks["register-model"]  # a retry could register a second version
-    assert tasks["compose-dataset"]["cachingOptions"] == {"enableCache": True}
-    assert tasks["evaluate"]["cachingOptions"] == {"enableCache": True}
-    for name in ("prepare-run", "sft-warmup", "ppo-train", "register-model", "finish-run"):
+    assert "retryPolicy" not in tasks["register"]  # a retry could register a second version
+    assert tasks["compose"]["cachingOptions"] == {"enableCache": True}
+    assert tasks["eval"]["cachingOptions"] == {"enableCache": True}
+    for name in ("prepare-run", "sft", "ppo", "register", "finish-run"):
         assert tasks[name]["cachingOptions"].get("enableCache", False) is False, name
     # cached steps must not take the per-run parent id, or they would never hit the cache
-    for name in ("compose-dataset", "evaluate"):
+    for name in ("compose", "eval"):
         assert "parent_run_id" not in tasks[name]["inputs"].get("parameters", {})
 
 
 def test_secrets_are_references_only(compiled: tuple[str, dict, dict]) -> None:
     text, _, platform = compiled
-    for step in ("prepare-run", "sft-warmup", "ppo-train", "register-model", "finish-run"):
+    for step in ("prepare-run", "sft", "ppo", "register", "finish-run"):
         secrets = {s["secretName"]: s for s in platform[f"exec-{step}"]["secretAsEnv"]}
         ref = secrets["mem1-mlflow-credentials"]
         envs = {m["envVar"] for m in ref["keyToEnv"]}
@@ -135,7 +135,7 @@ def test_images_and_no_runtime_pip_install(compiled: tuple[str, dict, dict]) -> 
         "registry.example.com/team/mem1-base:abc123",
         "registry.example.com/team/mem1-trainer:abc123",
     }
-    assert spec["deploymentSpec"]["executors"]["exec-ppo-train"]["container"]["image"].endswith(
+    assert spec["deploymentSpec"]["executors"]["exec-ppo"]["container"]["image"].endswith(
         "mem1-trainer:abc123"
     )
     assert "pip install" not in text
@@ -153,8 +153,8 @@ def test_default_config_is_the_compiled_in_preset(compiled: tuple[str, dict, dic
         "num_nodes",
         "gpus_per_node",
         "accelerator_type",
-        "mlflow_uri",
-        "em_floor",
+        "tracking_uri",
+        "gate_floor",
         "domain",
         "overrides",
         "training_launcher",
@@ -259,6 +259,37 @@ def test_submit_sends_the_compiled_spec_with_parameters_and_token(
     assert exp["body"] == {"display_name": "mem1", "namespace": "team-a"}
 
 
+def test_submit_accepts_the_old_parameter_names_with_a_warning(
+    compiled: tuple[str, dict, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mem1_core.config import DeprecatedNameWarning
+    from pipelines.run import renamed_parameters
+
+    package = tmp_path / "p.yaml"
+    package.write_text(compiled[0], encoding="utf-8")
+    api = _FakeKfpApi()
+    monkeypatch.setenv("KFP_HOST", api.url)
+    old = ["--param", "mlflow_uri=http://mlflow:5000", "--param", "em_floor=0.1"]
+    try:
+        with pytest.warns(DeprecatedNameWarning) as seen:
+            assert main(["pipeline", "submit", "--package", str(package), *old]) == 0
+    finally:
+        api.httpd.shutdown()
+    assert {str(w.message) for w in seen if w.category is DeprecatedNameWarning} == {
+        "pipeline parameter 'mlflow_uri' is deprecated: use 'tracking_uri'",
+        "pipeline parameter 'em_floor' is deprecated: use 'gate_floor'",
+    }
+    run = next(r for r in api.requests if r["method"] == "POST" and r["path"] == "/apis/v2beta1/runs")
+    assert run["body"]["runtime_config"]["parameters"] == {
+        "tracking_uri": "http://mlflow:5000",
+        "gate_floor": 0.1,
+    }
+    params = compiled[1]["root"]["inputDefinitions"]["parameters"]
+    assert {"tracking_uri", "gate_floor"} <= set(params) and not {"mlflow_uri", "em_floor"} & set(params)
+    with pytest.warns(DeprecatedNameWarning), pytest.raises(ValueError, match="pass only tracking_uri"):
+        renamed_parameters({"mlflow_uri": "http://a", "tracking_uri": "http://b"})
+
+
 def test_submit_without_a_host_or_package_fails_clearly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -288,7 +319,7 @@ def test_every_step_runs_as_its_images_non_root_user(compiled: tuple[str, dict, 
     )
     _, spec, platform = compiled
     executors = {k.removeprefix("exec-") for k in spec["deploymentSpec"]["executors"]}
-    assert executors >= {*GPU_STEPS, "compose-dataset", "register-model", "prepare-run", "finish-run"}
+    assert executors >= {*GPU_STEPS, "compose", "register", "prepare-run", "finish-run"}
     for step in sorted(executors):
         want = cluster.trainer_uid if step in GPU_STEPS else cluster.base_uid
         ctx = platform[f"exec-{step}"].get("securityContext")

@@ -1,6 +1,6 @@
 """The whole pipeline under kfp.local, through `mem1 pipeline local`, at the smallest settings.
 
-Real steps end to end: compose -> SFT -> PPO (1 step) -> evaluate -> register, MLflow on SQLite.
+Real steps end to end: compose -> sft -> ppo (1 step) -> eval -> register, MLflow on SQLite.
 It proves the wiring (artifacts between steps, one parent run with nested step runs, a registered
 model), not the method: the model is far too small to answer anything.
 """
@@ -36,8 +36,8 @@ def test_whole_pipeline_locally(
     lines = out.splitlines()
     assert len(lines) <= 40, out
     steps = [x.split()[1] for x in lines if x.startswith("  ok ")]
-    assert steps[:5] == ["prepare-run", "compose-dataset", "sft-warmup", "ppo-train", "evaluate"], out
-    assert "register-model" in steps and "finish-run" in steps
+    assert steps[:5] == ["prepare-run", "compose", "sft", "ppo", "eval"], out
+    assert "register" in steps and "finish-run" in steps
     assert "executor_output" not in out and "Executing task" not in out
     logs = list((run_dir / "logs").glob("pipeline-*.log"))
     assert len(logs) == 1 and f"full log: {logs[0]}" in out
@@ -54,12 +54,10 @@ def test_whole_pipeline_locally(
     assert parent.data.tags["mem1.pipeline_state"] == "SUCCEEDED"
     steps = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     by_name = {r.info.run_name: r for r in steps}
-    assert {"compose_dataset", "sft_warmup", "ppo_train", "evaluate", "register_model"} <= set(by_name)
+    assert {"compose", "sft", "ppo", "eval", "register"} <= set(by_name)
     assert all(r.info.status == "FINISHED" for r in steps)
-    assert client.get_metric_history(
-        by_name["ppo_train"].info.run_id, next(iter(by_name["ppo_train"].data.metrics))
-    )
-    assert any(k.startswith("em.n1.mem1") for k in by_name["evaluate"].data.metrics)
+    assert client.get_metric_history(by_name["ppo"].info.run_id, next(iter(by_name["ppo"].data.metrics)))
+    assert any(k.startswith("em.n1.mem1") for k in by_name["eval"].data.metrics)
 
     versions = client.search_model_versions("name='mem1-agent-e2e'")
     assert [str(v.version) for v in versions] == ["1"]

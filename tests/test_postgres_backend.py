@@ -21,8 +21,8 @@ import pytest
 from mlflow_server import free_port, make_data_dir, make_model_dir, start_server, stop_server
 from test_registry import QUESTIONS, answers_before_registration, eval_dir
 
-from mem1_core import registry
 from mem1_core.config import RegisterConfig
+from mem1_core.registry import aliases, registration, serving
 from mem1_core.tracking import Tracker
 
 NAME = "mem1-agent-pg"
@@ -81,14 +81,15 @@ def test_log_register_alias_load_through_a_postgres_backed_server(postgres_uri: 
         history = tracker.client.get_metric_history(run.run_id, "loss")
         assert [m.value for m in history] == [1.5, 0.5]
 
-        cfg = RegisterConfig(model_name=NAME, gate_objectives=2, gate_mode="mem1", em_floor=0.0)
-        result = registry.run(cfg, model, eval_dir(tmp_path, "ev", 0.5), data, tracker)  # register + alias
+        cfg = RegisterConfig(model_name=NAME, gate_objectives=2, gate_mode="mem1", gate_floor=0.0)
+        # register + alias
+        result = registration.run(cfg, model, eval_dir(tmp_path, "ev", 0.5), data, tracker)
         assert result.created and result.promoted
         assert str(tracker.client.get_model_version_by_alias(NAME, "champion").version) == "1"
 
-        agent = registry.load_registered(f"models:/{NAME}@champion", url)  # load through the server
-        got = registry.answer_tasks(
-            registry.tasks_from_input({"questions": QUESTIONS}),
+        agent = aliases.load_registered(f"models:/{NAME}@champion", url)  # load through the server
+        got = serving.answer_tasks(
+            serving.tasks_from_input({"questions": QUESTIONS}),
             agent.model,
             agent.tokenizer,
             agent.grammar,

@@ -19,9 +19,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_server import Proxy503, free_port, make_data_dir, make_model_dir, mlflow_server  # noqa: F401
 
-from mem1_core import registry
 from mem1_core.config import AgentConfig, EvalConfig, RegisterConfig, TrackingConfig
 from mem1_core.models import load_grammar, load_model
+from mem1_core.registry import gate, inputs, registration, serving
 from mem1_core.tracking import RetryPolicy, Tracker, TrackingError
 
 FAST = RetryPolicy(attempts=3, initial_delay=0.1, max_delay=0.5)
@@ -57,10 +57,10 @@ def answers_before_registration(
     from mem1_core.retrieval.bm25 import BM25Backend
 
     model, tokenizer = load_model(model_dir)
-    backend = BM25Backend(registry.read_corpus(data_dir / "corpus.jsonl"))
-    tasks = registry.tasks_from_input(pd.DataFrame({"questions": QUESTIONS}))
+    backend = BM25Backend(serving.read_corpus(data_dir / "corpus.jsonl"))
+    tasks = serving.tasks_from_input(pd.DataFrame({"questions": QUESTIONS}))
     agent = agent.model_copy(update={"mode": "mem1"})
-    return registry.answer_tasks(tasks, model, tokenizer, load_grammar(model_dir), agent, backend)
+    return serving.answer_tasks(tasks, model, tokenizer, load_grammar(model_dir), agent, backend)
 
 
 def predict_in_fresh_process(model_uri: str, tracking_uri: str) -> list[dict[str, object]]:
@@ -93,27 +93,47 @@ def _same_generations(got: list[dict[str, object]], want: list[dict[str, object]
 
 
 def test_promotion_gate_rules() -> None:
-    assert registry.promotion_gate(0.5, None, 0.0)[0]
-    assert not registry.promotion_gate(0.0, None, 0.0)[0], "must beat the floor, not equal it"
-    assert not registry.promotion_gate(0.4, 0.5, 0.0)[0]
-    assert not registry.promotion_gate(0.5, 0.5, 0.0)[0]
-    assert registry.promotion_gate(0.6, 0.5, 0.0)[0]
-    ok, reason = registry.promotion_gate(0.3, None, 0.4)
+    assert gate.promotion_gate(0.5, None, 0.0)[0]
+    assert not gate.promotion_gate(0.0, None, 0.0)[0], "must beat the floor, not equal it"
+    assert not gate.promotion_gate(0.4, 0.5, 0.0)[0]
+    assert not gate.promotion_gate(0.5, 0.5, 0.0)[0]
+    assert gate.promotion_gate(0.6, 0.5, 0.0)[0]
+    ok, reason = gate.promotion_gate(0.3, None, 0.4)
     assert not ok and "floor" in reason
-    assert registry.promotion_gate(0.3, None, 0.4, "reward")[1].startswith("reward 0.3000 does not beat")
+    assert gate.promotion_gate(0.3, None, 0.4, "reward")[1].startswith("reward 0.3000 does not beat")
+
+
+def test_a_champion_tagged_under_the_old_name_is_still_compared() -> None:
+    from types import SimpleNamespace
+
+    key = "em@objectives=2,mode=mem1"
+    old = SimpleNamespace(tags={"mem1.gate_key": key, "mem1.gate_em": "0.25"})
+    new = SimpleNamespace(tags={"mem1.gate_key": key, "mem1.gate_score": "0.5", "mem1.gate_em": "0.25"})
+    assert gate.version_score(old, key) == 0.25
+    assert gate.version_score(new, key) == 0.5
+    assert gate.version_score(new, "reward@objectives=2,mode=mem1") is None
+    assert gate.version_score(SimpleNamespace(tags={"mem1.gate_key": key}), key) is None
+
+
+def test_agents_pickled_before_the_split_still_resolve() -> None:
+    """An agent registered when the registry was one module pickled its python model by the name
+    `mem1_core.registry.Mem1AgentModel`; a process with the project imported (`mem1 agent`) finds it."""
+    import pickle
+
+    assert pickle.loads(b"cmem1_core.registry\nMem1AgentModel\n.") is serving.Mem1AgentModel
 
 
 def test_gate_metric_follows_the_domain() -> None:
     """Shop EM only says the exact target was bought; its gate compares the mean WebShop reward."""
     auto = RegisterConfig()
-    assert registry.gate_metric_for(auto, "qa") == "em"
-    assert registry.gate_metric_for(auto, "shop") == "reward"
-    assert registry.gate_metric_for(RegisterConfig(gate_metric="success_rate"), "shop") == "success_rate"
+    assert gate.gate_metric_for(auto, "qa") == "em"
+    assert gate.gate_metric_for(auto, "shop") == "reward"
+    assert gate.gate_metric_for(RegisterConfig(gate_metric="success_rate"), "shop") == "success_rate"
     data = {"grid": [{"objectives": 1, "mode": "mem1", "em": 0.0, "reward": 0.42}]}
-    assert registry.gate_em(data, 1, "mem1", metric="reward") == 0.42
-    assert registry.gate_em(data, 1, "mem1") == 0.0
-    with pytest.raises(registry.RegistryError, match=r"grid\[0\]\.success_rate is missing"):
-        registry.gate_em(data, 1, "mem1", metric="success_rate")
+    assert gate.gate_score(data, 1, "mem1", metric="reward") == 0.42
+    assert gate.gate_score(data, 1, "mem1") == 0.0
+    with pytest.raises(inputs.RegistryError, match=r"grid\[0\]\.success_rate is missing"):
+        gate.gate_score(data, 1, "mem1", metric="success_rate")
     with pytest.raises(ValueError, match="gate_metric"):
         RegisterConfig(gate_metric="accuracy")  # type: ignore[arg-type]
 
@@ -121,20 +141,20 @@ def test_gate_metric_follows_the_domain() -> None:
 def test_bad_inputs_fail_before_anything_remote(assets: dict[str, Path], tmp_path: Path) -> None:
     dead = Tracker(f"http://127.0.0.1:{free_port()}", retry=FAST)
     cfg = RegisterConfig()
-    with pytest.raises(registry.RegistryError, match=r"metrics\.json: eval metrics not found"):
-        registry.run(cfg, assets["model_a"], tmp_path / "none", assets["data"], dead)
+    with pytest.raises(inputs.RegistryError, match=r"metrics\.json: eval metrics not found"):
+        registration.run(cfg, assets["model_a"], tmp_path / "none", assets["data"], dead)
     ev = eval_dir(tmp_path, "ev", 1.0, objectives=4)
-    with pytest.raises(registry.RegistryError, match="no grid row for objectives=2 mode='mem1'"):
-        registry.run(cfg, assets["model_a"], ev, assets["data"], dead)
-    with pytest.raises(registry.RegistryError, match="manifest not found"):
-        registry.run(cfg, assets["model_a"], ev, tmp_path, dead)
+    with pytest.raises(inputs.RegistryError, match="no grid row for objectives=2 mode='mem1'"):
+        registration.run(cfg, assets["model_a"], ev, assets["data"], dead)
+    with pytest.raises(inputs.RegistryError, match="manifest not found"):
+        registration.run(cfg, assets["model_a"], ev, tmp_path, dead)
 
 
 def _register_and_promote(tracker: Tracker, assets: dict[str, Path], root: Path, tracking_uri: str) -> None:
-    cfg = RegisterConfig(model_name="mem1-agent", gate_objectives=2, gate_mode="mem1", em_floor=0.0)
+    cfg = RegisterConfig(model_name="mem1-agent", gate_objectives=2, gate_mode="mem1", gate_floor=0.0)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
-    first = registry.run(
+    first = registration.run(
         cfg, assets["model_a"], eval_dir(root, "ev_a", 0.5), assets["data"], tracker, pipeline_run_id="p1"
     )
     assert first.created and first.promoted and first.version == "1"
@@ -143,19 +163,19 @@ def _register_and_promote(tracker: Tracker, assets: dict[str, Path], root: Path,
     assert str(client.get_model_version_by_alias("mem1-agent", "candidate").version) == "1"
     manifest = json.loads((assets["data"] / "manifest.json").read_text())
     assert champion.tags["mem1.dataset_hash"] == manifest["dataset_hash"]
-    assert champion.tags["mem1.weights_sha256"] == registry.weights_hash(assets["model_a"])
+    assert champion.tags["mem1.weights_sha256"] == inputs.weights_hash(assets["model_a"])
     assert champion.tags["mem1.pipeline_run_id"] == "p1"
     assert champion.tags["mem1.git_commit"]
     run = client.get_run(first.run_id)  # type: ignore[arg-type]
     assert run.info.status == "FINISHED" and run.data.params["gate_mode"] == "mem1"
 
-    again = registry.run(
+    again = registration.run(
         cfg, assets["model_a"], eval_dir(root, "ev_a", 0.5), assets["data"], tracker, pipeline_run_id="p1"
     )
     assert not again.created and again.version == "1", "same run registers no new version"
     assert len(client.search_model_versions("name = 'mem1-agent'")) == 1
 
-    worse = registry.run(
+    worse = registration.run(
         cfg, assets["model_b"], eval_dir(root, "ev_b", 0.25), assets["data"], tracker, pipeline_run_id="p2"
     )
     assert worse.created and not worse.promoted and "champion's 0.5000" in worse.gate_reason
@@ -164,10 +184,10 @@ def _register_and_promote(tracker: Tracker, assets: dict[str, Path], root: Path,
         "a worse model leaves it"
     )
 
-    better = registry.run(
+    better = registration.run(
         cfg, assets["model_b"], eval_dir(root, "ev_c", 0.75), assets["data"], tracker, pipeline_run_id="p3"
     )
-    assert better.created and better.promoted and better.champion_em == 0.5
+    assert better.created and better.promoted and better.champion_score == 0.5
     assert str(client.get_model_version_by_alias("mem1-agent", "champion").version) == better.version == "3"
 
     # the champion (model_b's weights) loaded by alias in a fresh process generates what model_b did
@@ -201,7 +221,7 @@ def test_sqlite_default_register_gate_and_load_by_alias(
 def test_dead_server_clear_error_and_nothing_registered(assets: dict[str, Path], tmp_path: Path) -> None:
     uri = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(TrackingError, match=f"{uri}.*after 3 attempts"):
-        registry.run(
+        registration.run(
             RegisterConfig(),
             assets["model_a"],
             eval_dir(tmp_path, "ev", 0.5),
@@ -226,7 +246,7 @@ def test_failure_midway_leaves_no_version(
     tracker = Tracker(alias_failing_proxy, experiment="registry-midway", retry=FAST)
     cfg = RegisterConfig(model_name="mem1-midway")
     with pytest.raises(TrackingError, match="setting alias 'candidate'"):
-        registry.run(cfg, assets["model_a"], eval_dir(tmp_path, "ev", 0.5), assets["data"], tracker)
+        registration.run(cfg, assets["model_a"], eval_dir(tmp_path, "ev", 0.5), assets["data"], tracker)
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     assert client.search_model_versions("name = 'mem1-midway'") == [], "the half-made version was deleted"
     exp = client.get_experiment_by_name("registry-midway")

@@ -24,8 +24,8 @@ import requests
 from mlflow_server import free_port, make_data_dir, make_model_dir
 from test_registry import QUESTIONS, answers_before_registration, eval_dir
 
-from mem1_core import registry
 from mem1_core.config import RegisterConfig
+from mem1_core.registry import registration, serving
 from mem1_core.tracking import Tracker
 
 NAME = "mem1-agent-standalone"
@@ -76,8 +76,8 @@ def champion(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     model = make_model_dir(root / "model", data, seed=3)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     tracker = Tracker(uri, experiment="standalone", artifact_location=(root / "mlartifacts").as_uri())
-    cfg = RegisterConfig(model_name=NAME, gate_objectives=2, gate_mode="mem1", em_floor=0.0)
-    result = registry.run(cfg, model, eval_dir(root, "ev", 0.5), data, tracker)
+    cfg = RegisterConfig(model_name=NAME, gate_objectives=2, gate_mode="mem1", gate_floor=0.0)
+    result = registration.run(cfg, model, eval_dir(root, "ev", 0.5), data, tracker)
     assert result.promoted
     return {"uri": uri, "root": root, "model": model, "want": answers_before_registration(model, data)}
 
@@ -122,8 +122,8 @@ def test_declared_requirements_are_real_and_the_code_is_bundled(champion: dict[s
     local = Path(download_artifacts(source, tracking_uri=tracker.tracking_uri))
     reqs = (local / "requirements.txt").read_text().split()
     assert not any(r.startswith("mem1-pipelines") for r in reqs), "no index has the project's wheel"
-    assert {r.split("==")[0] for r in reqs} >= set(registry.RUNTIME_DISTRIBUTIONS)
-    assert (local / "code" / "mem1_core" / "registry.py").is_file()
+    assert {r.split("==")[0] for r in reqs} >= set(serving.RUNTIME_DISTRIBUTIONS)
+    assert (local / "code" / "mem1_core" / "registry" / "serving.py").is_file()
 
 
 @pytest.mark.slow
@@ -162,7 +162,7 @@ def test_plain_mlflow_consumer_without_the_project(champion: dict[str, object], 
     from importlib.metadata import packages_distributions
 
     owners = packages_distributions()
-    allowed = _dependency_closure(registry.RUNTIME_DISTRIBUTIONS)
+    allowed = _dependency_closure(serving.RUNTIME_DISTRIBUTIONS)
     undeclared = {
         m: owners.get(m)
         for m in out["modules"]

@@ -218,7 +218,7 @@ def test_whole_pipeline_locally_with_domain_shop(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run_dir = tmp_path / "runs"
     shop_sets = ["domain=shop", "compose.shop.n_products=20", "sft.agent.max_new_tokens=160"]
-    shop_sets += ["sft.max_seq_len=1024", "registry.model_name=mem1-shop-e2e"]
+    shop_sets += ["sft.max_seq_len=1024", "register.model_name=mem1-shop-e2e"]
     args = ["pipeline", "local", "--config", str(CONFIG), "--run-dir", str(run_dir)]
     rc = main(args + [x for s in shop_sets for x in ("--set", s)])
     out = capsys.readouterr().out
@@ -229,9 +229,9 @@ def test_whole_pipeline_locally_with_domain_shop(
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.get_experiment_by_name("mem1-e2e")
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-    assert runs["compose_dataset"].data.params["domain"] == "shop"
-    assert runs["sft_warmup"].data.metrics["sft/data_teacher_mean_reward"] > 0  # the shop oracle's data
-    assert any(k.startswith("success_rate.n1.mem1") for k in runs["evaluate"].data.metrics)
+    assert runs["compose"].data.params["domain"] == "shop"
+    assert runs["sft"].data.metrics["sft/data_teacher_mean_reward"] > 0  # the shop oracle's data
+    assert any(k.startswith("success_rate.n1.mem1") for k in runs["eval"].data.metrics)
     manifests = [p for p in (run_dir / "kfp").rglob("manifest.json") if p.parent.name == "dataset"]
     assert manifests and all(json.loads(p.read_text())["domain"] == "shop" for p in manifests)
 

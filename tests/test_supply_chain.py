@@ -231,8 +231,8 @@ def test_tampered_registered_model_fails_to_load(saved_model: Path, tmp_path: Pa
     sys.path.insert(0, str(Path(__file__).parent))
     from mlflow_server import make_data_dir, make_model_dir
 
-    from mem1_core import registry
     from mem1_core.config import AgentConfig, EvalConfig, RegisterConfig, TrackingConfig
+    from mem1_core.registry import registration
     from mem1_core.tracking import RetryPolicy, Tracker
 
     data = make_data_dir(tmp_path / "data")
@@ -247,7 +247,7 @@ def test_tampered_registered_model_fails_to_load(saved_model: Path, tmp_path: Pa
     tracker = Tracker.from_config(
         TrackingConfig(experiment="tamper"), run_dir, retry=RetryPolicy(2, 0.1, 0.2)
     )
-    result = registry.run(RegisterConfig(model_name="mem1-tamper"), model, ev, data, tracker)
+    result = registration.run(RegisterConfig(model_name="mem1-tamper"), model, ev, data, tracker)
 
     mlflow.set_tracking_uri(tracker.tracking_uri)
     mlflow.set_registry_uri(tracker.tracking_uri)

@@ -28,7 +28,7 @@ def _log_a_pipeline(tracker: Tracker, tmp_path: Path) -> tuple[str, str]:
     table.write_text("| objectives | em |\n|---|---|\n| 1 | 0.5 |\n")
     with (
         tracker.start_pipeline_run(PipelineConfig(), name="pipeline") as parent,
-        tracker.step_run("sft_warmup", SFTConfig(), parent_run_id=parent.run_id) as step,
+        tracker.step_run("sft", SFTConfig(), parent_run_id=parent.run_id) as step,
     ):
         for i in range(3):
             step.log({"loss": 2.0 - 0.5 * i, "lr": 1e-3}, i)
@@ -76,7 +76,7 @@ def test_server_logs_nested_runs_params_metrics_artifacts(mlflow_server: str, tm
 
 def test_failing_step_is_marked_failed(mlflow_server: str) -> None:  # noqa: F811
     tracker = Tracker(mlflow_server, experiment="tracking-fail", retry=FAST_RETRY)
-    with pytest.raises(RuntimeError, match="boom"), tracker.step_run("ppo_train", {"steps": 2}) as step:
+    with pytest.raises(RuntimeError, match="boom"), tracker.step_run("ppo", {"steps": 2}) as step:
         step.log({"reward": 0.1}, 0)
         raise RuntimeError("boom")
     run = MlflowClient(tracking_uri=mlflow_server).get_run(step.run_id)

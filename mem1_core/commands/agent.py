@@ -10,6 +10,10 @@ Retrieval: --retrieval-url, else BM25 over --corpus or
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,14 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import sys
-    from pathlib import Path
-    from typing import Any
-
     # lazy: `mem1 agent --help` must not pay for what the step imports (torch, mlflow, kfp)
-    from mem1_core import registry
     from mem1_core.config import AgentConfig, ConfigError, PipelineConfig, load_config
+    from mem1_core.registry.serving import answer_tasks, tasks_from_input
 
     corpus = (
         Path(args.corpus)
@@ -70,13 +69,15 @@ def run(args: argparse.Namespace) -> int:
     domain, catalog = "qa", None
     if args.model.startswith(("models:/", "runs:/")):
         # lazy: `mem1 agent --help` must not pay for what the step imports (torch, mlflow, kfp)
+        from mem1_core.registry.aliases import load_registered
+        from mem1_core.registry.inputs import RegistryError
         from mem1_core.tracking import TrackingError, resolve_tracking_uri
 
         cfg = load_config(args.config) if args.config else PipelineConfig()
         uri = resolve_tracking_uri(cfg.run_dir, cfg.tracking.tracking_uri)
         try:
-            agent_model = registry.load_registered(args.model, uri)
-        except registry.RegistryError as e:  # unknown name, alias or version; no store yet
+            agent_model = load_registered(args.model, uri)
+        except RegistryError as e:  # unknown name, alias or version; no store yet
             print(f"error: {e}", file=sys.stderr)
             return 2
         except TrackingError as e:  # the store is unreachable (bounded retries, ~30 s at most)
@@ -109,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(f"command line: {e}") from None
 
-    tasks = registry.tasks_from_input({"questions": [args.question]}, domain)
-    result = registry.answer_tasks(tasks, model, tokenizer, grammar, agent, backend, domain, catalog)[0]
+    tasks = tasks_from_input({"questions": [args.question]}, domain)
+    result = answer_tasks(tasks, model, tokenizer, grammar, agent, backend, domain, catalog)[0]
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -7,6 +7,7 @@ one for a corpus composed elsewhere (e.g. a Wikipedia dump for the retrieval Dep
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     # lazy: `mem1 build-index --help` must not pay for what the step imports (torch, faiss, the encoder)
     from mem1_core.commands.overrides import config_from_args
     from mem1_core.data.sources import DataError, load_corpus_file

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,8 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     # lazy: `mem1 eval --help` must not pay for what the step imports (torch, mlflow, kfp)
     from mem1_core.commands.overrides import config_from_args
     from mem1_core.eval import evaluate

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -97,8 +98,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     # lazy: `mem1 pipeline --help` must not pay for what the step imports (torch, mlflow, kfp)
     from components.images import Images
     from mem1_core.config import load_config

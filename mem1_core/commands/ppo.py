@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,9 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     # lazy: `mem1 ppo --help` must not pay for what the step imports (torch, mlflow, kfp)
     from mem1_core.commands.overrides import config_from_args
     from mem1_core.commands.sft import metrics_log

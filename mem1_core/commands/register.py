@@ -1,8 +1,11 @@
-"""`mem1 register`: register a model dir in MLflow; `champion` moves only when the EM gate passes."""
+"""`mem1 register`: register a model dir in MLflow; `champion` moves only when the promotion gate passes."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -11,39 +14,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-dir runs/data   (MLFLOW_TRACKING_URI, else sqlite:///<run_dir>/mlflow.db)"
     )
     parser.add_argument(
-        "--config", default="configs/local-tiny.yaml", help="pipeline config YAML (registry:)"
+        "--config", default="configs/local-tiny.yaml", help="pipeline config YAML (register:)"
     )
     parser.add_argument("--model", required=True, help="model dir written by sft/ppo")
     parser.add_argument("--eval-dir", required=True, help="output of `mem1 eval` (metrics.json)")
     parser.add_argument("--data-dir", required=True, help="output of `mem1 compose` (manifest.json)")
     parser.add_argument("--parent-run-id", default=None, help="MLflow pipeline run to nest under")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. registry.em_floor=0.1"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override, e.g. register.gate_floor=0.1",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import sys
-    from pathlib import Path
-
     # lazy: `mem1 register --help` must not pay for what the step imports (torch, mlflow, kfp)
-    from mem1_core import registry
     from mem1_core.commands.overrides import config_from_args
+    from mem1_core.registry import registration
+    from mem1_core.registry.inputs import RegistryError
     from mem1_core.tracking import Tracker, TrackingError
 
     cfg = config_from_args(args)
     tracker = Tracker.from_config(cfg.tracking, cfg.run_dir)
     try:
-        result = registry.run(
-            cfg.registry,
+        result = registration.run(
+            cfg.register,
             Path(args.model),
             Path(args.eval_dir),
             Path(args.data_dir),
             tracker,
             parent_run_id=args.parent_run_id,
         )
-    except (registry.RegistryError, TrackingError) as e:
+    except (RegistryError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     state = "new version" if result.created else "already registered"

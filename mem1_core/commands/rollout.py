@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import tempfile
-
     # lazy: `mem1 rollout --help` must not pay for what the step imports (torch, mlflow, kfp)
     from mem1_core.agent.policy import HFPolicy
     from mem1_core.agent.rollout import run_episodes

@@ -4,6 +4,7 @@ reference API) and GET /healthz."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 KINDS = ("auto", "bm25", "dense", "hybrid")
 
@@ -33,8 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     # lazy: `mem1 serve-retrieval --help` must not pay for what the step imports (torch, mlflow, kfp)
     from mem1_core.config import RetrievalConfig
     from mem1_core.data.sources import DataError, load_corpus_file

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,8 +51,6 @@ def metrics_log() -> Callable[[dict[str, float], int], None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     # lazy: `mem1 sft --help` must not pay for what the step imports (torch, mlflow, kfp)
     from mem1_core.commands.overrides import config_from_args
     from mem1_core.rl import sft

@@ -1,4 +1,4 @@
-"""compose_dataset: N-objective tasks from single questions, plus the retrieval corpus.
+"""compose: N-objective tasks from single questions, plus the retrieval corpus.
 
 Questions from every source are deduplicated (by normalised text), shuffled by seed and split once
 into an eval pool and a train pool, so no question is seen in both splits. Each task draws N distinct
@@ -157,7 +157,7 @@ def compose_tasks(items: list[QAItem], cfg: ComposeConfig) -> tuple[list[Task], 
 
 
 def _write_tasks(tasks: list[Task], path: Path) -> None:
-    import datasets
+    import datasets  # lazy: ~1 s to import, only to write a data set; not a served agent's requirement
 
     datasets.Dataset.from_list([t.to_row() for t in tasks]).to_parquet(str(path))
 
@@ -267,7 +267,7 @@ def load_tasks(data_dir: Path, split: str) -> list[Task]:
     path = Path(data_dir) / f"{split}.parquet"
     if not path.is_file():
         raise DataError(f"{path}: not found; run `mem1 compose` to create {data_dir}")
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # lazy: only where a data dir's tasks are read (data/ is imported widely)
 
     try:
         rows = pq.read_table(path).to_pylist()

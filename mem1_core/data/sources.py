@@ -70,7 +70,7 @@ def _iter_rows(path_or_id: str, split: str, limit: int | None) -> Iterator[tuple
             raise DataError(f"{path}: expected a JSON list of rows (or {{'data': [...]}})")
         rows: list[Any] = data
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: only for a local parquet source
 
         rows = pq.read_table(path).to_pylist()
     else:
@@ -81,7 +81,7 @@ def _iter_rows(path_or_id: str, split: str, limit: int | None) -> Iterator[tuple
 
 def _iter_hub(hub_id: str, split: str, limit: int | None) -> Iterator[tuple[str, Any]]:
     """A hub id or local data set dir; 'name:config' picks a config ('hotpotqa/hotpot_qa:distractor')."""
-    import datasets
+    import datasets  # lazy: only for hub sources; not a served agent's requirement (it reads corpora here)
 
     name, _, config = hub_id.partition(":")
     try:

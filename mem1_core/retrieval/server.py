@@ -81,7 +81,7 @@ def serve(
     backend: SearchBackend, host: str = "127.0.0.1", port: int = 8000, n_documents: int | None = None
 ) -> None:
     """Serve `backend` until interrupted (uvicorn)."""
-    import uvicorn
+    import uvicorn  # lazy: only to serve; create_app (the ASGI app, its tests) does not need it
 
     uvicorn.run(create_app(backend, n_documents), host=host, port=port, log_level="info")
 
@@ -114,7 +114,7 @@ def start_background(
     backend: SearchBackend, host: str = "127.0.0.1", port: int = 0, n_documents: int | None = None
 ) -> BackgroundServer:
     """Start a real uvicorn server in a thread; port 0 picks a free port. Returns once it listens."""
-    import uvicorn
+    import uvicorn  # lazy: only to serve; create_app (the ASGI app, its tests) does not need it
 
     config = uvicorn.Config(create_app(backend, n_documents), host=host, port=port, log_level="warning")
     server = uvicorn.Server(config)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
+from torch.nn.attention.flex_attention import create_block_mask
 
 from mem1_core.rl.prefix import prefix_hidden_states
 from mem1_core.rl.trajectory import Batch
@@ -75,8 +76,6 @@ def dense_mask(segment_ids: torch.Tensor, episode_ids: torch.Tensor, dtype: torc
 
 def flex_block_mask(segment_ids: torch.Tensor, episode_ids: torch.Tensor) -> Any:
     """A FlexAttention BlockMask for the same rule, built block-wise (no L x L tensor)."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
     seg = segment_ids.contiguous()
     ep = episode_ids.contiguous()
 

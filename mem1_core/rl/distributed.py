@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -299,8 +300,6 @@ def cpu_safe_optimizer(cfg: dict[str, Any]) -> dict[str, Any]:
 def single_process_env() -> None:
     """Rendezvous variables for a one-process job started without torchrun, so DeepSpeed (which would
     otherwise try MPI discovery and fail) can create its world of one; values already set are kept."""
-    import socket
-
     if "MASTER_PORT" not in os.environ:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -311,7 +310,7 @@ def single_process_env() -> None:
 
 def init_deepspeed_comm() -> None:
     """DeepSpeed's communication layer over the process group `setup` made (or a world of one)."""
-    import deepspeed
+    import deepspeed  # lazy: optional (a deepspeed_config), ~2 s to import
 
     deepspeed.init_distributed(dist_backend=comm_backend())
 
@@ -321,7 +320,7 @@ def deepspeed_initialize(model: torch.nn.Module, lr: float, config: dict[str, An
 
     A config's own "optimizer" section wins (torch_adam on CPU); otherwise torch's AdamW is the client
     optimizer, the very one the single-process path steps, so results match it."""
-    import deepspeed
+    import deepspeed  # lazy: optional (a deepspeed_config), ~2 s to import
 
     init_deepspeed_comm()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -337,7 +336,7 @@ def deepspeed_initialize(model: torch.nn.Module, lr: float, config: dict[str, An
 
 def deepspeed_inference(model: torch.nn.Module, config: dict[str, Any]) -> torch.nn.Module:
     """The frozen reference under ZeRO-3: its parameters partitioned like the actor's, no optimizer."""
-    import deepspeed
+    import deepspeed  # lazy: optional (a deepspeed_config), ~2 s to import
 
     init_deepspeed_comm()
     config = {k: v for k, v in config.items() if k != "optimizer"}  # inference: nothing to step
@@ -350,7 +349,7 @@ def gathered(modules: list[torch.nn.Module], zero3: bool) -> Any:
     so rank 0 can save_pretrained them; a no-op otherwise."""
     if not zero3:
         return nullcontext()
-    import deepspeed
+    import deepspeed  # lazy: optional (a deepspeed_config), ~2 s to import
 
     params = [p for m in modules for p in m.parameters()]
     return deepspeed.zero.GatheredParameters(params, modifier_rank=None)

@@ -52,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM
 
 from mem1_core import models
 from mem1_core.agent.policy import HFPolicy
@@ -300,8 +302,6 @@ class PPOTrainer:
         return path
 
     def maybe_resume(self) -> bool:
-        from transformers import AutoModelForCausalLM
-
         ckpt = None
         if self.dist.is_main:  # rank 0 picks and verifies; every rank loads that same checkpoint
             ckpt = checkpoint.latest(self.out_dir)
@@ -576,8 +576,6 @@ class PPOTrainer:
         return record
 
     def train(self, log: LogFn | None = None) -> Path:
-        from tqdm import tqdm
-
         cfg = self.cfg
         self.maybe_resume()
         main = self.dist.is_main  # only rank 0 logs, prints and writes

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mem1_core.config import ConfigError, PretrainConfig
 from mem1_core.rl.trainer_log import LogFn, log_callback
 
@@ -42,8 +44,6 @@ def token_windows(
 
 def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """Every window is full length: no padding, and every token is a label (the model shifts them)."""
-    import torch
-
     ids = torch.tensor([row["input_ids"] for row in batch], dtype=torch.long)
     return {"input_ids": ids, "labels": ids.clone()}
 
@@ -58,7 +58,7 @@ def run(
     seed: int = 0,
 ) -> dict[str, float]:
     """Train `model` in place for cfg.steps steps; returns a summary (steps, windows, epochs, losses)."""
-    import torch
+    # lazy: transformers' Trainer (with datasets) takes seconds to import; only sft.pretrain.steps > 0 runs it
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 

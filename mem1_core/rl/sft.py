@@ -18,10 +18,13 @@ lets a random-weight model learn to copy names.
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from mem1_core import models
 from mem1_core.agent.rollout import run_episodes
@@ -131,7 +134,7 @@ def build_trainer(
 
     With `ds_config` the Trainer runs under DeepSpeed on whatever devices there are: on CPU ranks it
     must not be told use_cpu (that bypasses DeepSpeed for plain gloo DDP)."""
-    import torch
+    # lazy: TRL (with transformers' Trainer) takes seconds to import; collecting teacher turns needs none
     from datasets import Dataset
     from trl import SFTConfig as TRLConfig
     from trl import SFTTrainer
@@ -185,10 +188,7 @@ def _cpu_deepspeed_state(ds_config: dict[str, Any] | None) -> bool:
 
     TrainingArguments passes no backend for DeepSpeed, and accelerate, finding no GPU, then counts a
     world of one process: every rank would train on all the data and its gathers would fail."""
-    import os
-
-    import torch
-    from accelerate import PartialState
+    from accelerate import PartialState  # lazy: only for DeepSpeed on CPU ranks
 
     if ds_config is None or torch.cuda.is_available():
         return False
@@ -203,8 +203,6 @@ def _cpu_deepspeed_state(ds_config: dict[str, Any] | None) -> bool:
 def _optimizer_name(ds_config: dict[str, Any] | None) -> str:
     """The Trainer's AdamW: fused on CUDA; under DeepSpeed on CPU the plain torch one (printed), since
     ZeRO steps it over flattened partitions and a fused kernel buys nothing there."""
-    import torch
-
     if ds_config is None or torch.cuda.is_available():
         return "adamw_torch_fused"
     if "optimizer" not in ds_config:  # else the config's own (made torch_adam) is the one stepped
@@ -214,8 +212,6 @@ def _optimizer_name(ds_config: dict[str, Any] | None) -> str:
 
 def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None) -> Path:
     """Collect teacher turns, train with TRL's SFTTrainer, save to out_dir/model; returns that dir."""
-    import torch
-
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     ds_config = _deepspeed_config(cfg)
     random.seed(cfg.seed)

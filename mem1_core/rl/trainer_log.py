@@ -11,6 +11,8 @@ LogFn = Callable[[dict[str, float], int], None]
 
 def log_callback(log: LogFn, prefix: str) -> Any:
     """A TrainerCallback that sends finite numeric logs as `{prefix}/{key}`; under torchrun, rank 0 only."""
+    # lazy: LogFn is imported by light modules (components/launch.py); transformers' Trainer stack only
+    # when a callback is built
     from transformers import TrainerCallback
 
     class _Forward(TrainerCallback):

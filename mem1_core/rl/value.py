@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModelForCausalLM
 
 from mem1_core.rl.attention import AttentionBackend, hidden_states
 from mem1_core.rl.trajectory import Batch
@@ -87,8 +88,6 @@ class Critic(nn.Module):
 
     @classmethod
     def load(cls, model_dir: Path, dtype: torch.dtype = torch.float32) -> Critic:
-        from transformers import AutoModelForCausalLM
-
         lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
         critic = cls(lm)
         head = Path(model_dir) / VALUE_HEAD_FILE

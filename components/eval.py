@@ -1,9 +1,10 @@
-"""evaluate: the grid objectives x memory modes on held-out tasks; cached (deterministic given its inputs)."""
+"""eval: the grid objectives x memory modes on held-out tasks; cached (deterministic given its inputs)."""
 
 from kfp import dsl
 
 
-def evaluate(
+# Named as the step's config section and `mem1 eval`; it shadows the builtin only in this module.
+def eval(
     eval_json: str,
     dataset: dsl.Input[dsl.Dataset],
     model: dsl.Input[dsl.Model],
