@@ -259,7 +259,7 @@ def test_grounded_reward_counts_only_answers_read_in_an_observation(
     assert ppo.episode_reward(traj(right, docs), "env") == 1.0
     assert ppo.episode_reward(traj(right, [*docs, "<info>Paris, the capital.</info>"]), "grounded") == 1.0
     # Whole words only: "Ada" inside "Adams" is not a read of "Ada".
-    assert not ppo._was_read("Ada", traj(right, ["<info>Adams</info>"]))
+    assert not ppo._was_read("Ada", ppo.observed_text(traj(right, ["<info>Adams</info>"])))
     trainer = ppo.PPOTrainer(small_ppo(steps=1, reward="grounded"), data_dir, model_dir, tmp_path)
     metrics = trainer.train_step()
     assert 0.0 <= metrics["reward"] <= metrics["em"] + 1e-9  # grounding only takes answers away

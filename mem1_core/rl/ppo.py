@@ -109,16 +109,22 @@ def episode_reward(traj: Any, how: str) -> float:
     gold = [tuple(g) for g in traj.gold]
     if how == "f1":
         return float(score_answers(list(traj.predictions), gold)["f1"])
-    return float(score_answers([p if _was_read(p, traj) else "" for p in traj.predictions], gold)["em"])
+    seen = observed_text(traj)
+    return float(score_answers([p if _was_read(p, seen) else "" for p in traj.predictions], gold)["em"])
 
 
-def _was_read(prediction: str, traj: Any) -> bool:
-    """The answer appears, as whole words, in an observation of the episode (yes/no are judgements,
-    never copied, so they always count). Tags are cut first: normalising "<info>Paris" glues them."""
+def observed_text(traj: Any) -> str:
+    """Every observation of the episode, normalised once per episode. Tags are cut first: normalising
+    "<info>Paris" would glue the tag to the word."""
+    return normalize_answer(_TAG.sub(" ", " ".join(turn.observation for turn in traj.turns)))
+
+
+def _was_read(prediction: str, seen: str) -> bool:
+    """The answer appears, as whole words, in `seen` (observed_text); yes/no are judgements, never
+    copied, so they always count."""
     answer = normalize_answer(prediction)
     if answer in ("yes", "no"):
         return True
-    seen = normalize_answer(_TAG.sub(" ", " ".join(turn.observation for turn in traj.turns)))
     return bool(answer) and f" {answer} " in f" {seen} "
 
 
