@@ -65,7 +65,7 @@ def build_index(
         raise ValueError("a dense index needs at least one document")
     t0 = time.perf_counter()
     encoder = encoder or TextEncoder(cfg)
-    vectors = encoder.encode([cfg.passage_prefix + d.contents for d in documents])
+    vectors = encoder.encode([cfg.passage_prefix + d.contents for d in documents], progress=True)
     index = faiss.IndexFlatIP(encoder.dim)
     index.add(vectors)
     out_dir = Path(out_dir)

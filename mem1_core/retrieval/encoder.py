@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from mem1_core.config import EMBEDDED_ENCODER, RetrievalConfig
 
@@ -72,15 +73,18 @@ class TextEncoder:
         self._torch = torch
         self._lock = threading.Lock()
 
-    def encode(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
-        """Embeddings in the order of `texts`; batches are formed over length-sorted texts (less padding)."""
+    def encode(self, texts: list[str], batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+        """Embeddings in the order of `texts`; batches are formed over length-sorted texts (less padding).
+        `progress` shows a bar: indexing a real corpus on CPU takes minutes to hours."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         step = batch_size or self.batch_size
-        with self._lock:
+        bar = tqdm(total=len(texts), desc=f"encode {self.name}", unit="text", disable=not progress)
+        with self._lock, bar:
             for start in range(0, len(order), step):
                 idx = order[start : start + step]
                 out[idx] = self._forward([texts[i] for i in idx])
+                bar.update(len(idx))
         return out
 
     def _forward(self, texts: list[str]) -> np.ndarray:
