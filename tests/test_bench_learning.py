@@ -119,8 +119,20 @@ def test_shop_bench_fails_and_still_writes_its_table_when_sft_is_not_above_rando
         shop_main(tmp_path, overrides=tiny)
     assert missed.value.results["shop_learning_p_sft_above_random"] >= 0.05
     table = (tmp_path / "shop_learning.md").read_text(encoding="utf-8")
-    for row in ("| sft |", "| untrained |", "| random valid actions |"):
+    for row in (
+        "| sft seed 0 |",
+        "| sft seed 1 |",
+        "| sft mean |",
+        "| untrained mean |",
+        "| random valid actions |",
+    ):
         assert row in table
+    assert {"shop_learning_sft_s0_reward", "shop_learning_sft_s1_reward", "shop_learning_sft_reward"} <= set(
+        missed.value.results
+    )
+    pooled = missed.value.results["shop_learning_sft_reward"]
+    per_seed = [missed.value.results[f"shop_learning_sft_s{s}_reward"] for s in (0, 1)]
+    assert abs(pooled - sum(per_seed) / 2) < 1e-9  # the mean row is the mean of the seeds' rows
     assert "does NOT hold" in table and "permutation p =" in table
 
 
