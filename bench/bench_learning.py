@@ -74,6 +74,11 @@ RL_RECIPES: dict[str, dict[str, object]] = {
     "gae": {"advantage": "gae", "group_size": 1, "prompts_per_step": 128},
 }
 BAR_RECIPE = "grpo"  # the default estimator carries the bars
+# Memory modes trained and evaluated, each with the same recipe (SFT, then every RL recipe). "full" is the
+# paper's full-context baseline; its models are named with a "-full" suffix. Off by default: full-context
+# SFT on these 6,144 tasks is hours on 2 CPU cores (contexts grow every turn); MEM1_LEARNING_ARMS=mem1,full
+# runs it where there is time or a GPU.
+ARMS = tuple(a.strip() for a in os.environ.get("MEM1_LEARNING_ARMS", "mem1").split(",") if a.strip())
 # Files whose change invalidates a cached SFT model (what builds the data, tokenizer, teacher and model).
 SFT_CODE = (
     "mem1_core/rl/sft.py", "mem1_core/rl/pretrain.py", "mem1_core/models.py", "mem1_core/agent/policy.py",
@@ -133,7 +138,7 @@ def _rollouts(
     model: Any, tok: Any, tasks: list[Any], factory: Any, agent: Any
 ) -> tuple[dict[str, float], list[Any]]:
     policy = HFPolicy(model, tok, temperature=0.0, batch_size=agent.batch_size)
-    trajs = run_episodes(tasks, factory, policy, agent, mode="mem1", progress=False)
+    trajs = run_episodes(tasks, factory, policy, agent, mode=agent.mode, progress=False)
     return summarize(trajs), trajs
 
 
@@ -299,18 +304,21 @@ def run_seed(
     recipes: dict[str, dict[str, object]],
     detail: bool,
     threads: int,
+    arms: tuple[str, ...] = ("mem1",),
 ) -> SeedRun:
-    """SFT (or its cached model), each RL recipe from it, and greedy evaluation of every model; with
-    `detail` also the untrained model, the teacher-forced slots and the episode stages."""
+    """SFT (or its cached model), each RL recipe from it, and greedy evaluation of every model, for each
+    memory mode in `arms`; with `detail` also the untrained model, and for mem1 the teacher-forced slots
+    and the episode stages."""
     torch.set_num_threads(threads)
     out = SeedRun()
     cfg = load_config(config, {**overrides, "sft.seed": seed, "ppo.seed": seed})
     agent, factory, tasks = _eval_setup(cfg, data)
 
-    def score(name: str, model_dir: Path) -> None:
+    def score(name: str, model_dir: Path, arm: str = "mem1") -> None:
         t0 = time.perf_counter()
-        out.grid[(name, seed)], trajs = evaluate_model(model_dir, tasks, factory, agent)
-        if detail:
+        arm_agent = agent.model_copy(update={"mode": arm})
+        out.grid[(name, seed)], trajs = evaluate_model(model_dir, tasks, factory, arm_agent)
+        if detail and arm == "mem1":
             grammar = models.load_grammar(model_dir)
             for n in STAGE_OBJECTIVES:
                 if n in tasks:
@@ -320,24 +328,35 @@ def run_seed(
                 out.slots[name] = slot_accuracy(model, tok, grammar, tasks[GATE_OBJECTIVES], factory, agent)
         out.times[f"evaluate_{name}_s{seed}"] = time.perf_counter() - t0
 
-    torch.manual_seed(seed)
-    sft_dir, summary, cached = cached_sft(cfg.sft, data, work / f"sft_s{seed}", cache)
-    out.sft = (summary, cached)
-    out.times[f"sft_s{seed}"] = float(summary["seconds"])
-    if detail:  # same architecture and tokenizer, random weights
-        _, tok = models.load_model(sft_dir)
-        tiny = models.build_tiny_model(cfg.sft.model.tiny, tok, seed=cfg.sft.seed + 1)
-        score("untrained", models.save_model(tiny, tok, work / f"untrained_s{seed}"))
-    score("sft", sft_dir)
-    for name, recipe in recipes.items():
-        ppo_cfg = PPOConfig.model_validate({**cfg.ppo.model_dump(), **recipe})
-        t0 = time.perf_counter()
-        rl_dir = ppo.run(ppo_cfg, data, sft_dir, work / f"{name}_s{seed}")
-        out.times[f"{name}_s{seed}"] = time.perf_counter() - t0
-        out.curves[(name, seed)] = json.loads((rl_dir / ppo.HISTORY_FILE).read_text(encoding="utf-8"))
-        learning_curve(out.curves[(name, seed)], results_dir / f"learning_curve_{name}_s{seed}.png")
-        score(name, rl_dir)
+    for arm in arms:
+        sfx = arm_suffix(arm)
+        modes = {"sft.agent.mode": arm, "ppo.agent.mode": arm} if arm != "mem1" else {}
+        acfg = load_config(config, {**overrides, "sft.seed": seed, "ppo.seed": seed, **modes})
+        torch.manual_seed(seed)
+        sft_dir, summary, cached = cached_sft(acfg.sft, data, work / f"sft{sfx}_s{seed}", cache)
+        if arm == "mem1":
+            out.sft = (summary, cached)
+        out.times[f"sft{sfx}_s{seed}"] = float(summary["seconds"])
+        if detail and arm == arms[0]:  # same architecture and tokenizer, random weights
+            _, tok = models.load_model(sft_dir)
+            tiny = models.build_tiny_model(acfg.sft.model.tiny, tok, seed=acfg.sft.seed + 1)
+            score("untrained", models.save_model(tiny, tok, work / f"untrained_s{seed}"))
+        score(f"sft{sfx}", sft_dir, arm)
+        for name, recipe in recipes.items():
+            ppo_cfg = PPOConfig.model_validate({**acfg.ppo.model_dump(), **recipe})
+            t0 = time.perf_counter()
+            rl_dir = ppo.run(ppo_cfg, data, sft_dir, work / f"{name}{sfx}_s{seed}")
+            key = f"{name}{sfx}"
+            out.times[f"{key}_s{seed}"] = time.perf_counter() - t0
+            out.curves[(key, seed)] = json.loads((rl_dir / ppo.HISTORY_FILE).read_text(encoding="utf-8"))
+            learning_curve(out.curves[(key, seed)], results_dir / f"learning_curve_{key}_s{seed}.png")
+            score(key, rl_dir, arm)
     return out
+
+
+def arm_suffix(arm: str) -> str:
+    """How a memory mode's models are named: mem1's plainly (sft, grpo), the others with a suffix."""
+    return "" if arm == "mem1" else f"-{arm.replace(':', '')}"
 
 
 def main(
@@ -347,6 +366,7 @@ def main(
     seeds: tuple[int, ...] = SEEDS,
     cache: Path | None = None,
     recipes: dict[str, dict[str, object]] | None = None,
+    arms: tuple[str, ...] = ARMS,
 ) -> dict[str, float]:
     """Seeds run side by side, one process each (one torch thread per core: on 2 shared cores two
     single-thread processes train a model this small faster than one two-thread process)."""
@@ -363,8 +383,8 @@ def main(
         data = work / "data"
         compose.run(base.compose, data)
         _, _, tasks = _eval_setup(base, data)
-        args = [(config, dict(overrides), s, data, work, cache, results_dir, recipes, s == seeds[0], threads)
-                for s in seeds]  # fmt: skip
+        args = [(config, dict(overrides), s, data, work, cache, results_dir, recipes, s == seeds[0], threads,
+                 arms) for s in seeds]  # fmt: skip
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             runs = list(pool.map(run_seed, *zip(*args, strict=True)))
     grid = {k: v for r in runs for k, v in r.grid.items()}
@@ -375,7 +395,7 @@ def main(
     sft_info = {s: r.sft for s, r in zip(seeds, runs, strict=True)}
     RL = recipes
 
-    model_names = ["untrained", "sft", *RL]
+    model_names = ["untrained", *(f"{k}{arm_suffix(a)}" for a in arms for k in ("sft", *RL))]
     counts = sorted(tasks)
     seeds_of = {k: [s for s in seeds if (k, s) in grid] for k in model_names}
 
@@ -439,6 +459,23 @@ def main(
                 f"sub-answers right (EM {em(k, beyond):.3f}; SFT {em('sft', beyond):.3f}); above the "
                 f"untrained model's {ru}/{nu}: one-sided Fisher p = {p_b:.3g}."
             )
+    for arm in arms[1:] if arms[:1] == ("mem1",) else ():  # each other mode beside mem1, model by model
+        sfx = arm_suffix(arm)
+        for k in ("sft", *RL):
+            for n in (gate, beyond):
+                if n not in counts or f"{k}{sfx}" not in seeds_of:
+                    continue
+                peak = {
+                    m: _mean([grid[(m, s)][n]["peak_tokens"] for s in seeds_of[m]]) for m in (k, f"{k}{sfx}")
+                }
+                results[f"learning_{k}{sfx}_n{n}_peak_tokens"] = peak[f"{k}{sfx}"]
+                results[f"learning_{k}_n{n}_peak_tokens"] = peak[k]
+                other = f"{k}{sfx}"
+                lines_rl.append(
+                    f"- {other} (trained and evaluated in mode {arm}) vs {k} (mem1) at {n} objectives: EM "
+                    f"{em(other, n):.3f} vs {em(k, n):.3f}; mean peak context {peak[other]:.0f} vs "
+                    f"{peak[k]:.0f} tokens."
+                )
     results["learning_seconds_total"] = time.perf_counter() - t_start
 
     missed: list[str] = []
@@ -477,7 +514,8 @@ def main(
         f"{base.ppo.agent.temperature}, actor lr {base.ppo.actor_lr}, {base.ppo.ppo_epochs} epochs, "
         f"mini-batches of {base.ppo.minibatch_size}: "
         + "; ".join(f"{k} {v}" for k, v in RL.items())
-        + f". Training seeds {list(seeds)}. Greedy mem1-mode rollouts on held-out tasks ("
+        + f". Training seeds {list(seeds)}; memory modes {list(arms)} (a mode's models are trained and "
+        "evaluated in it; non-mem1 models carry its name). Greedy rollouts on held-out tasks ("
         + ", ".join(f"{len(tasks[n])} at {n}" for n in counts)
         + "); EM and F1 are means over sub-answers (0..1; SQuAD normalisation).",
         "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -77,13 +78,18 @@ def test_bench_fails_and_still_writes_its_table_when_sft_is_not_above_untrained(
                "grpo": {"advantage": "grpo", "group_size": 2, "prompts_per_step": 2}}  # fmt: skip
     cache = tmp_path / "cache"
     with pytest.raises(BarMissed, match="not clearly above the untrained model") as missed:
-        main(tmp_path, overrides=tiny, seeds=(0, 1), cache=cache, recipes=recipes)
+        main(tmp_path, overrides=tiny, seeds=(0, 1), cache=cache, recipes=recipes, arms=("mem1", "full"))
     results = missed.value.results
     assert results["learning_p_sft_above_untrained"] >= 0.05  # the numbers travel with it
     assert {"learning_grpo_s0_n2_em", "learning_grpo_s1_n2_em", "learning_gae_n8_em"} <= results.keys()
     table = (tmp_path / "learning.md").read_text(encoding="utf-8")
-    for row in ("| untrained | 0 |", "| sft | 1 |", "| sft | mean |", "| gae | 0 |", "| grpo | mean |"):
+    for row in ("| untrained | 0 |", "| sft | 1 |", "| sft | mean |", "| gae | 0 |", "| grpo | mean |",
+                "| sft-full | 1 |", "| grpo-full | mean |"):  # fmt: skip
         assert row in table, row
+    # The full-context arm is trained and evaluated in its own mode, and compared with mem1 model by model.
+    assert "grpo-full (trained and evaluated in mode full) vs grpo (mem1) at 8 objectives" in table
+    assert results["learning_sft-full_n8_peak_tokens"] > 0 and results["learning_sft_n8_peak_tokens"] > 0
+    assert (tmp_path / "learning_curve_grpo-full_s0.png").is_file()
     assert "does NOT hold" in table and "Fisher exact" in table and "paired sign-flip" in table
     assert "seed 0 trained in this run" in table
     assert "causal-LM pre-training 2 steps x 2 windows of 32 tokens" in table
@@ -95,7 +101,13 @@ def test_bench_fails_and_still_writes_its_table_when_sft_is_not_above_untrained(
     with pytest.raises(BarMissed):
         main(tmp_path, overrides=tiny, seeds=(0, 1), cache=cache, recipes=recipes)
     assert "seed 0 from the cache" in (tmp_path / "learning.md").read_text(encoding="utf-8")
-    assert len(list((cache / "sft").iterdir())) == 2
+    entries = list((cache / "sft").iterdir())
+    assert len(entries) == 4  # 2 seeds x 2 memory modes
+    # The teacher's turns are the same for both seeds and longer with the whole history in context.
+    tokens = sorted(
+        json.loads((e / "sft_summary.json").read_text(encoding="utf-8"))["tokens"] for e in entries
+    )
+    assert tokens[0] == tokens[1] < tokens[2] == tokens[3]
 
 
 @pytest.mark.slow
