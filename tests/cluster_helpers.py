@@ -10,8 +10,9 @@ torchrun agent hosts the c10d TCPStore the agents rendezvous on, here on a free 
 the headless service's 29400. The job is Complete when every node exits 0, else Failed with the exit
 codes. The nodes share this machine's filesystem, as the pods share the workspace volume.
 
-`RECORD_WRITES_SITE` is a sitecustomize module: put its directory first on a worker's PYTHONPATH and
-each torchrun worker records whether it called models.save_model (which still saves), written at exit
+`RECORD_WRITES_SITE` is a sitecustomize module: put its directory first on a worker's PYTHONPATH (and
+tests/ after the repo) and each torchrun worker records which saving functions it called
+(tests/write_recorder.py; they still save), written at exit
 to $RECORD_WRITES_DIR/rank<RANK>.json.
 """
 
@@ -43,20 +44,14 @@ RECORD_WRITES_SITE = textwrap.dedent(
         import atexit, json
         from pathlib import Path
 
-        from mem1_core import models
+        from write_recorder import record_writes
 
-        _writes = []
-        _save = models.save_model
-
-        def _recording_save(*args, **kwargs):
-            _writes.append("models.save_model")
-            return _save(*args, **kwargs)
+        _writes = record_writes()
 
         def _report():
             path = Path(os.environ["RECORD_WRITES_DIR"]) / f"rank{os.environ['RANK']}.json"
             path.write_text(json.dumps({"writes": _writes}))
 
-        models.save_model = _recording_save
         atexit.register(_report)
     """
 )
@@ -76,7 +71,58 @@ def resolve(command: list[str]) -> list[str]:
     return [found, *command[1:]]
 
 
-class LocalTrainJobOperator:
+class JsonHandler(BaseHTTPRequestHandler):
+    """A quiet request handler with the replies a Kubernetes API server gives: JSON objects, and watches
+    as JSON lines."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def send_json(self, code: int, obj: Any) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def start_watch(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+
+    def send_event(self, kind: str, obj: dict[str, Any]) -> None:
+        self.wfile.write((json.dumps({"type": kind, "object": obj}) + "\n").encode())
+        self.wfile.flush()
+
+
+class BackgroundHTTPServer:
+    """An HTTP server on a free 127.0.0.1 port, served by a daemon thread while its `with` block runs;
+    `close` is what a subclass releases before the server stops."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> Any:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def close(self) -> None:
+        pass
+
+
+class LocalTrainJobOperator(BackgroundHTTPServer):
     """Creates, runs and reports TrainJobs as node processes on this machine (see the module docstring)."""
 
     def __init__(self, base_env: dict[str, str], cwd: Path, log_dir: Path, timeout_s: float = 600) -> None:
@@ -91,59 +137,31 @@ class LocalTrainJobOperator:
         log_dir.mkdir(parents=True, exist_ok=True)
         operator = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(JsonHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 operator.created.append(body)
                 threading.Thread(target=operator._run, args=(body,), daemon=True).start()
-                self._json(201, body)
+                self.send_json(201, body)
 
             def do_DELETE(self) -> None:
                 operator.stop()
-                self._json(200, {"kind": "Status", "status": "Success"})
+                self.send_json(200, {"kind": "Status", "status": "Success"})
 
             def do_GET(self) -> None:  # a watch on one TrainJob: its state now, then when it ends
                 url = urlparse(self.path)
                 name = parse_qs(url.query)["fieldSelector"][0].split("=", 1)[1]
                 obj = next(o for o in operator.created if o["metadata"]["name"] == name)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self._event("ADDED", obj)
+                self.start_watch()
+                self.send_event("ADDED", {**obj, "status": {"conditions": list(operator.conditions)}})
                 if operator.done.wait(operator.timeout_s):
-                    self._event("MODIFIED", obj)
+                    self.send_event("MODIFIED", {**obj, "status": {"conditions": list(operator.conditions)}})
 
-            def _event(self, kind: str, obj: dict[str, Any]) -> None:
-                status = {"conditions": list(operator.conditions)}
-                self.wfile.write(
-                    (json.dumps({"type": kind, "object": {**obj, "status": status}}) + "\n").encode()
-                )
-                self.wfile.flush()
+        super().__init__(Handler)
 
-            def _json(self, code: int, obj: Any) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> LocalTrainJobOperator:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
+    def close(self) -> None:
         self.stop()
         self.done.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
     def stop(self) -> None:
         """Kill the nodes this operator started: each agent's process group (the agent and its workers)."""
@@ -153,7 +171,7 @@ class LocalTrainJobOperator:
 
     def kubeconfig(self, path: Path) -> Path:
         """A kubeconfig whose cluster is this server (the launching pod's client reads it)."""
-        server = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        server = self.url
         cfg = {
             "apiVersion": "v1",
             "kind": "Config",

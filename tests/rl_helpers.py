@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import textwrap
 from pathlib import Path
@@ -118,24 +119,30 @@ SFT_WORKER = textwrap.dedent(
 
     import torch
 
-    from mem1_core import models
     from mem1_core.config import SFTConfig
     from mem1_core.rl import sft
+    from write_recorder import record_writes
 
     torch.set_num_threads(1)
     cfg = SFTConfig.model_validate(json.loads(sys.argv[1]))
     data_dir, out_dir, report_dir = (Path(a) for a in sys.argv[2:5])
-    writes = []
-    real_save = models.save_model
-
-    def recording_save(*args, **kwargs):
-        writes.append("models.save_model")
-        return real_save(*args, **kwargs)
-
-    models.save_model = recording_save
+    writes = record_writes()
     logged = []
     sft.run(cfg, data_dir, out_dir, log=lambda values, step: logged.append(step))
     rank = int(os.environ["RANK"])
     (report_dir / f"rank{rank}.json").write_text(json.dumps({"writes": writes, "logged_steps": logged}))
     """
 )
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def worker_env(*first_on_path: Path) -> dict[str, str]:
+    """The environment of a torchrun launched by a test: one thread a rank, CPU only, and the repo and
+    tests/ (write_recorder) importable, after any `first_on_path` (a sitecustomize's folder)."""
+    path = [*first_on_path, TESTS.parent, TESTS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in path)
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env

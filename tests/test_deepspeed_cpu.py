@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import torch
 from cluster_helpers import RECORD_WRITES_SITE, LocalTrainJobOperator
-from rl_helpers import SFT_WORKER, compose_small, untrained_tiny_model
+from rl_helpers import SFT_WORKER, compose_small, untrained_tiny_model, worker_env
 
 from mem1_core.config import PPOConfig
 
@@ -61,25 +61,15 @@ WORKER = textwrap.dedent(
 
     import torch
 
-    from mem1_core import models
     from mem1_core.config import PPOConfig
-    from mem1_core.rl import checkpoint, distributed, ppo, value
+    from mem1_core.rl import distributed, ppo
+    from write_recorder import record_writes
 
     jobs = json.loads(Path(sys.argv[1]).read_text())
     data_dir, model_dir, report_dir = (Path(a) for a in sys.argv[2:5])
     torch.set_num_threads(1)
     d = distributed.setup()
-    writes = []
-
-    def recording(name, fn):
-        def wrapper(*args, **kwargs):
-            writes.append(name)
-            return fn(*args, **kwargs)
-        return wrapper
-
-    checkpoint.save = recording("checkpoint.save", checkpoint.save)
-    models.save_model = recording("models.save_model", models.save_model)
-    value.Critic.save = recording("Critic.save", value.Critic.save)
+    writes = record_writes()
     for job in jobs:
         cfg = PPOConfig.model_validate(job["cfg"])
         torch.manual_seed(cfg.seed)
@@ -147,8 +137,7 @@ def launch(jobs: list[dict[str, Any]], data_dir: Path, model_dir: Path, tmp: Pat
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += [str(tmp / "worker.py"), str(tmp / "jobs.json"), str(data_dir), str(model_dir)]
     cmd.append(str(tmp / "reports"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env = worker_env()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     return proc.returncode, proc.stdout[-3000:] + proc.stderr[-5000:]
 
@@ -328,7 +317,7 @@ def test_sft_under_zero2_on_two_cpu_ranks_matches_one_process(
         str(out),
         str(tmp_path / "reports"),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    env = worker_env()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "optimizer adamw_torch (no fused kernel)" in proc.stdout
@@ -398,9 +387,7 @@ def test_two_node_trainjob_runs_its_worker_command_and_matches_one_process(
     site.mkdir()
     reports.mkdir()
     (site / "sitecustomize.py").write_text(RECORD_WRITES_SITE, encoding="utf-8")
-    node_env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    node_env |= {"PYTHONPATH": f"{site}{os.pathsep}{REPO}", "RECORD_WRITES_DIR": str(reports)}
-    node_env.pop("CUDA_VISIBLE_DEVICES", None)
+    node_env = worker_env(site) | {"RECORD_WRITES_DIR": str(reports)}
     out = tmp_path / "out"
     with LocalTrainJobOperator(node_env, REPO, tmp_path / "nodes") as operator:
         pod_env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}  # not in-cluster

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from rl_helpers import SFT_WORKER, compose_small, untrained_tiny_model
+from rl_helpers import SFT_WORKER, compose_small, untrained_tiny_model, worker_env
 
 from mem1_core.config import ConfigError, PPOConfig, SFTConfig
 from mem1_core.rl import distributed
@@ -32,26 +31,16 @@ WORKER = textwrap.dedent(
 
     import torch
 
-    from mem1_core import models
     from mem1_core.config import PPOConfig
-    from mem1_core.rl import checkpoint, distributed, ppo, value
+    from mem1_core.rl import distributed, ppo
+    from write_recorder import record_writes
 
     cfg = PPOConfig.model_validate(json.loads(sys.argv[1]))
     data_dir, model_dir, out_dir, report_dir = (Path(a) for a in sys.argv[2:6])
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
     d = distributed.setup()
-    writes = []
-
-    def recording(name, fn):
-        def wrapper(*args, **kwargs):
-            writes.append(name)
-            return fn(*args, **kwargs)
-        return wrapper
-
-    checkpoint.save = recording("checkpoint.save", checkpoint.save)
-    models.save_model = recording("models.save_model", models.save_model)
-    value.Critic.save = recording("Critic.save", value.Critic.save)
+    writes = record_writes()
     trainer = ppo.PPOTrainer(cfg, data_dir, model_dir, out_dir, d)
     resumed_at = []
     original_resume = trainer.maybe_resume
@@ -122,8 +111,7 @@ def _launch(source: str, args: list[str], tmp: Path) -> list[dict]:
     reports.mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += [str(worker), *args, str(reports)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env = worker_env()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return [json.loads((reports / f"rank{r}.json").read_text()) for r in range(2)]

@@ -12,7 +12,6 @@ import os
 import signal
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -21,6 +20,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from cluster_helpers import BackgroundHTTPServer, JsonHandler
 from kubernetes import client
 from referencing import Registry, Resource
 
@@ -127,7 +127,7 @@ def test_bad_inputs_fail_clearly() -> None:
 # ----------------------------------------------------------------------------- fake API server
 
 
-class FakeApiServer:
+class FakeApiServer(BackgroundHTTPServer):
     """Records every request; answers watches with scripted condition sequences (JSON lines)."""
 
     def __init__(self, conditions: list[list[dict[str, str]]], hold_watch: bool = False) -> None:
@@ -139,33 +139,22 @@ class FakeApiServer:
         self.objects: dict[str, dict[str, Any]] = {}
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(JsonHandler):
             def _body(self) -> Any:
                 n = int(self.headers.get("Content-Length") or 0)
                 return json.loads(self.rfile.read(n)) if n else None
-
-            def _send(self, code: int, obj: Any) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
 
             def do_POST(self) -> None:
                 body = self._body()
                 server.requests.append({"method": "POST", "path": self.path, "body": body})
                 server.objects[body["metadata"]["name"]] = body
                 server.created.set()
-                self._send(201, body)
+                self.send_json(201, body)
 
             def do_DELETE(self) -> None:
                 server.requests.append({"method": "DELETE", "path": self.path, "body": self._body()})
                 server.deleted.set()
-                self._send(200, {"kind": "Status", "status": "Success"})
+                self.send_json(200, {"kind": "Status", "status": "Success"})
 
             def do_GET(self) -> None:
                 url = urlparse(self.path)
@@ -173,33 +162,22 @@ class FakeApiServer:
                 server.requests.append({"method": "GET", "path": url.path, "query": query})
                 name = query["fieldSelector"][0].split("=", 1)[1]
                 obj = json.loads(json.dumps(server.objects[name]))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
+                self.start_watch()
                 for i, conds in enumerate(server.conditions):
-                    obj["status"] = {"conditions": conds}
-                    event = {"type": "ADDED" if i == 0 else "MODIFIED", "object": obj}
-                    self.wfile.write((json.dumps(event) + "\n").encode())
-                    self.wfile.flush()
+                    self.send_event(
+                        "ADDED" if i == 0 else "MODIFIED", {**obj, "status": {"conditions": conds}}
+                    )
                 if server.hold_watch:  # a long-running job: keep the watch open until deleted
                     server.deleted.wait(20)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        super().__init__(Handler)
 
-    def __enter__(self) -> FakeApiServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
+    def close(self) -> None:
         self.deleted.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
     def api(self) -> client.CustomObjectsApi:
         cfg = client.Configuration()
-        cfg.host = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        cfg.host = self.url
         return client.CustomObjectsApi(client.ApiClient(cfg))
 
 
