@@ -9,7 +9,8 @@ reward above random's on the same tasks by a one-sided paired sign-flip permutat
 (seed, task) pairs, p < 0.05; the bench raises (after writing its table) when it does not hold. One
 seed's figure moved from 0.461 to 0.403 between two runs, hence the seeds.
 
-Run: .venv/bin/python bench/bench_shop_learning.py   (writes bench/results/shop_learning.md, ~20 min)
+Run: .venv/bin/python bench/bench_shop_learning.py
+(writes bench/results/shop_learning.md; 38 min on 2 shared cores)
 """
 
 from __future__ import annotations
