@@ -318,7 +318,10 @@ def _write_report(results_dir: Path, r: dict[str, float], n_docs: int) -> None:
         "",
     ]
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "retrieval.md").write_text("\n".join(lines), encoding="utf-8")
+    # A run over every question gets its own report, so `make bench` (60 questions) does not overwrite it.
+    (results_dir / ("retrieval.md" if QUESTIONS else "retrieval_full.md")).write_text(
+        "\n".join(lines), encoding="utf-8"
+    )
 
 
 if __name__ == "__main__":
