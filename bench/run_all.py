@@ -3,10 +3,10 @@
 Each benchmark is a module with `main(results_dir) -> dict[str, float]` that writes its own
 `bench/results/<name>.md`. This runner merges the numbers into `bench/results/all.json` (benchmarks
 not run this time keep their last numbers) and logs them to MLflow: one run per invocation, one
-nested run per benchmark with its metrics and report. Tracking URI: $MLFLOW_TRACKING_URI, default
-sqlite:///runs/mlflow.db. A failing benchmark is reported and the others still run; the exit status
-is then 1. One that raises `bench.bar.BarMissed` measured everything and missed its target: its
-numbers are kept and logged like the others'.
+nested run per benchmark with its metrics and the reports and plots it wrote in this run. Tracking
+URI: $MLFLOW_TRACKING_URI, default sqlite:///runs/mlflow.db. A failing benchmark is reported and the
+others still run; the exit status is then 1. One that raises `bench.bar.BarMissed` measured
+everything and missed its target: its numbers are kept and logged like the others'.
 
 Run: .venv/bin/python -m bench.run_all [NAME ...] [--no-mlflow]   (NAME: memory_scaling, shop, …)
 """
@@ -115,12 +115,28 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def reports_of(name: str, results_dir: Path, since: float, benches: list[str]) -> list[Path]:
+    """The files benchmark `name` wrote in this run: `<name>.md` and its `<name>_*.md` / `.png` companions
+    (a full retrieval run's report, the learning curves), not another benchmark's report that shares the
+    prefix (retrieval_load) nor a companion left by an earlier run."""
+    found = [
+        results_dir / f"{name}.md",
+        *sorted(results_dir.glob(f"{name}_*.md")),
+        *sorted(results_dir.glob(f"{name}_*.png")),
+    ]
+    fresh = [f for f in found if f.is_file() and f.stat().st_mtime >= since]
+    return [f for f in fresh if f.stem == name or f.stem not in benches]
+
+
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
 
 
-def log_to_mlflow(all_results: dict[str, dict[str, float]], results_dir: Path, experiment: str) -> str:
-    """One parent run, a nested run per benchmark with its metrics and its markdown report."""
+def log_to_mlflow(
+    all_results: dict[str, dict[str, float]], results_dir: Path, experiment: str, since: float = 0.0
+) -> str:
+    """One parent run, a nested run per benchmark with its metrics and the reports and plots it wrote
+    since `since` (a time.time())."""
     import mlflow
 
     uri = tracking_uri()
@@ -134,8 +150,7 @@ def log_to_mlflow(all_results: dict[str, dict[str, float]], results_dir: Path, e
             with mlflow.start_run(run_name=name, nested=True):
                 finite = {k: v for k, v in results.items() if math.isfinite(v)}
                 mlflow.log_metrics(finite)
-                report = results_dir / f"{name}.md"
-                if report.is_file():
+                for report in reports_of(name, results_dir, since, discover()):
                     mlflow.log_artifact(str(report))
         mlflow.log_artifact(str(results_dir / "all.json"))
         return parent.info.run_id
@@ -158,11 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
 
+    started = time.time()
     all_results, failed = run_benches(names, results_dir)
     merge_results(results_dir / "all.json", all_results)
 
     if all_results and not args.no_mlflow:
-        run_id = log_to_mlflow(all_results, results_dir, args.experiment)
+        run_id = log_to_mlflow(all_results, results_dir, args.experiment, since=started)
         print(f"logged to MLflow run {run_id} ({tracking_uri()})")
     if failed:
         print(f"failed: {failed}", file=sys.stderr)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.bar import BarMissed
-from bench.run_all import merge_results, run_benches
+from bench.run_all import merge_results, reports_of, run_benches
 
 
 def _measures(results_dir: Path) -> dict[str, float]:
@@ -76,3 +76,31 @@ def test_an_all_json_that_is_not_an_object_is_replaced(tmp_path: Path, content: 
     path = tmp_path / "all.json"
     path.write_text(content, encoding="utf-8")
     assert merge_results(path, {"a": {"x": 1.0}}) == {"a": {"x": 1.0}}
+
+
+def test_a_benchmark_logs_the_reports_and_plots_it_wrote_this_run(tmp_path: Path) -> None:
+    import os
+    import time
+
+    old = tmp_path / "retrieval_full.md"  # a full run's report, from an earlier run
+    old.write_text("old")
+    os.utime(old, (1.0, 1.0))
+    since = time.time() - 1
+    for name in (
+        "retrieval.md",
+        "retrieval_load.md",
+        "learning.md",
+        "learning_curve_grpo_s0.png",
+        "notes.txt",
+    ):
+        (tmp_path / name).write_text("x")
+    benches = ["learning", "retrieval", "retrieval_load"]
+    assert [p.name for p in reports_of("retrieval", tmp_path, since, benches)] == ["retrieval.md"]
+    assert [p.name for p in reports_of("retrieval", tmp_path, 0.0, benches)] == [
+        "retrieval.md",
+        "retrieval_full.md",
+    ]
+    assert [p.name for p in reports_of("learning", tmp_path, since, benches)] == [
+        "learning.md",
+        "learning_curve_grpo_s0.png",
+    ]
