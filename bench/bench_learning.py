@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -34,7 +33,6 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +44,8 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from bench.bar import BarMissed  # noqa: E402
-from bench.stats import fisher_greater, paired_greater  # noqa: E402
+from bench.seeds import side_by_side  # noqa: E402
+from bench.stats import fisher_greater, mean, paired_greater  # noqa: E402
 from mem1_core import models  # noqa: E402
 from mem1_core.agent.policy import HFPolicy  # noqa: E402
 from mem1_core.agent.rollout import run_episodes  # noqa: E402
@@ -269,10 +268,6 @@ def evaluate_model(
     return out, trajs_by_n
 
 
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else 0.0
-
-
 @dataclass
 class SeedRun:
     """What one training seed measured (returned from its worker process)."""
@@ -303,8 +298,8 @@ def run_seed(
     results_dir: Path,
     recipes: dict[str, dict[str, object]],
     detail: bool,
-    threads: int,
     arms: tuple[str, ...] = ("mem1",),
+    threads: int = 1,
 ) -> SeedRun:
     """SFT (or its cached model), each RL recipe from it, and greedy evaluation of every model, for each
     memory mode in `arms`; with `detail` also the untrained model, and for mem1 the teacher-forced slots
@@ -368,25 +363,21 @@ def main(
     recipes: dict[str, dict[str, object]] | None = None,
     arms: tuple[str, ...] = ARMS,
 ) -> dict[str, float]:
-    """Seeds run side by side, one process each (one torch thread per core: on 2 shared cores two
-    single-thread processes train a model this small faster than one two-thread process)."""
+    """Seeds run side by side, one process each (bench.seeds.side_by_side)."""
     t_start = time.perf_counter()
     overrides = OVERRIDES if overrides is None else overrides
     recipes = RL_RECIPES if recipes is None else recipes
     cache = cache or Path(os.environ.get("MEM1_BENCH_CACHE", REPO / "runs" / "bench-cache"))
     base = load_config(config, dict(overrides))
     results_dir.mkdir(parents=True, exist_ok=True)
-    workers = max(1, min(len(seeds), os.cpu_count() or 1))
-    threads = max(1, (os.cpu_count() or 1) // workers)
     with tempfile.TemporaryDirectory(prefix="mem1-learning-") as tmp:
         work = Path(tmp)
         data = work / "data"
         compose.run(base.compose, data)
         _, _, tasks = _eval_setup(base, data)
-        args = [(config, dict(overrides), s, data, work, cache, results_dir, recipes, s == seeds[0], threads,
-                 arms) for s in seeds]  # fmt: skip
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            runs = list(pool.map(run_seed, *zip(*args, strict=True)))
+        calls = [(config, dict(overrides), s, data, work, cache, results_dir, recipes, s == seeds[0], arms)
+                 for s in seeds]  # fmt: skip
+        runs = side_by_side(run_seed, calls)
     grid = {k: v for r in runs for k, v in r.grid.items()}
     stages = {k: v for r in runs for k, v in r.stages.items()}
     slots = {k: v for r in runs for k, v in r.slots.items()}
@@ -400,7 +391,7 @@ def main(
     seeds_of = {k: [s for s in seeds if (k, s) in grid] for k in model_names}
 
     def em(k: str, n: int) -> float:  # mean over seeds
-        return _mean([grid[(k, s)][n]["em"] for s in seeds_of[k]])
+        return mean([grid[(k, s)][n]["em"] for s in seeds_of[k]])
 
     def pooled(k: str, n: int, field: str) -> list[Any]:
         return [x for s in seeds_of[k] for x in grid[(k, s)][n][field]]
@@ -415,8 +406,8 @@ def main(
     for k in model_names:
         for n in counts:
             results[f"learning_{k}_n{n}_em"] = em(k, n)
-            results[f"learning_{k}_n{n}_f1"] = _mean([grid[(k, s)][n]["f1"] for s in seeds_of[k]])
-            results[f"learning_{k}_n{n}_format_error"] = _mean(
+            results[f"learning_{k}_n{n}_f1"] = mean([grid[(k, s)][n]["f1"] for s in seeds_of[k]])
+            results[f"learning_{k}_n{n}_format_error"] = mean(
                 [grid[(k, s)][n]["format_error"] for s in seeds_of[k]]
             )
             for s in seeds_of[k]:
@@ -462,15 +453,11 @@ def main(
     for arm in arms[1:] if arms[:1] == ("mem1",) else ():  # each other mode beside mem1, model by model
         sfx = arm_suffix(arm)
         for k in ("sft", *RL):
-            for n in (gate, beyond):
-                if n not in counts or f"{k}{sfx}" not in seeds_of:
-                    continue
-                peak = {
-                    m: _mean([grid[(m, s)][n]["peak_tokens"] for s in seeds_of[m]]) for m in (k, f"{k}{sfx}")
-                }
-                results[f"learning_{k}{sfx}_n{n}_peak_tokens"] = peak[f"{k}{sfx}"]
+            other = f"{k}{sfx}"
+            for n in (x for x in (gate, beyond) if x in counts):
+                peak = {m: mean([grid[(m, s)][n]["peak_tokens"] for s in seeds_of[m]]) for m in (k, other)}
+                results[f"learning_{other}_n{n}_peak_tokens"] = peak[other]
                 results[f"learning_{k}_n{n}_peak_tokens"] = peak[k]
-                other = f"{k}{sfx}"
                 lines_rl.append(
                     f"- {other} (trained and evaluated in mode {arm}) vs {k} (mem1) at {n} objectives: EM "
                     f"{em(other, n):.3f} vs {em(k, n):.3f}; mean peak context {peak[other]:.0f} vs "
@@ -534,7 +521,7 @@ def main(
         rows = [(str(s), grid[(k, s)]) for s in seeds_of[k]]
         if len(rows) > 1:
             mean_row = {
-                n: {m: _mean([grid[(k, s)][n][m] for s in seeds_of[k]]) for m in ("em", "f1", "format_error")}
+                n: {m: mean([grid[(k, s)][n][m] for s in seeds_of[k]]) for m in ("em", "f1", "format_error")}
                 for n in counts
             }
             rows.append(("mean", mean_row))
@@ -555,7 +542,7 @@ def main(
             f"- curve {k} seed {s} (`learning_curve_{k}_s{s}.png`): held-out EM@{gate} "
             + " -> ".join(f"{h[f'ppo/heldout_em_n{gate}']:.2f}" for h in steps)
             + f" (steps {', '.join(str(int(h['step'])) for h in steps)}); sampled reward "
-            f"{_mean(rewards[:5]):.3f} (first 5 steps) -> {_mean(rewards[-5:]):.3f} (last 5); approx_kl "
+            f"{mean(rewards[:5]):.3f} (first 5 steps) -> {mean(rewards[-5:]):.3f} (last 5); approx_kl "
             f"median {sorted(kl)[len(kl) // 2] if kl else 0:.2e}."
         )
     slot_names = [x for x in SLOTS if any(x in by for by in slots.values())]

@@ -15,12 +15,9 @@ Run: .venv/bin/python bench/bench_shop_learning.py
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +28,8 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from bench.bar import BarMissed  # noqa: E402
-from bench.stats import paired_greater  # noqa: E402
+from bench.seeds import side_by_side  # noqa: E402
+from bench.stats import mean, paired_greater  # noqa: E402
 from mem1_core import models  # noqa: E402
 from mem1_core.agent.policy import HFPolicy  # noqa: E402
 from mem1_core.agent.rollout import run_episodes  # noqa: E402
@@ -76,9 +74,16 @@ def _eval_setup(cfg: Any, data: Path) -> tuple[Any, list[Any], Any]:
 
 
 def run_seed(
-    config: Path, overrides: dict[str, object], seed: int, data: Path, work: Path, threads: int
+    config: Path,
+    overrides: dict[str, object],
+    seed: int,
+    data: Path,
+    work: Path,
+    with_random: bool,
+    threads: int = 1,
 ) -> tuple[dict[str, Outcome], dict[str, float]]:
-    """One training seed: SFT, then its model and the untrained one (same tokenizer) on the tasks."""
+    """One training seed: SFT, then its model and the untrained one (same tokenizer) on the tasks;
+    `with_random` also the random policy (it needs a tokenizer only for its ids; one seed's is enough)."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     cfg = load_config(config, {**overrides, "sft.seed": seed})
@@ -97,7 +102,7 @@ def run_seed(
             HFPolicy(untrained, tok, temperature=0.0, batch_size=agent.batch_size), tasks, factory, agent
         ),
     }
-    if seed == SEEDS[0]:  # the random policy needs a tokenizer only for its ids; one seed's is enough
+    if with_random:
         outcomes = [_rewards(RandomShopPolicy(tok, r), tasks, factory, agent) for r in range(RANDOM_SEEDS)]
         per_task = [sum(o[0][i] for o in outcomes) / RANDOM_SEEDS for i in range(len(tasks))]
         runs["random valid actions"] = (
@@ -109,22 +114,16 @@ def run_seed(
     return runs, times
 
 
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else 0.0
-
-
 def main(
     results_dir: Path,
     config: Path = CONFIG,
     overrides: dict[str, object] | None = None,
     seeds: tuple[int, ...] = SEEDS,
 ) -> dict[str, float]:
-    """Seeds run side by side, one single-thread process per core (as in bench_learning)."""
+    """Seeds run side by side, one process each (bench.seeds.side_by_side)."""
     t_start = time.perf_counter()
     overrides = OVERRIDES if overrides is None else overrides
     cfg = load_config(config, dict(overrides))
-    workers = max(1, min(len(seeds), os.cpu_count() or 1))
-    threads = max(1, (os.cpu_count() or 1) // workers)
     times: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="mem1-shop-learning-") as tmp:
         work = Path(tmp)
@@ -133,9 +132,8 @@ def main(
         compose.run(cfg.compose, data)
         times["compose"] = time.perf_counter() - t0
         n_tasks = len(_eval_setup(cfg, data)[1])
-        args = [(config, dict(overrides), s, data, work, threads) for s in seeds]
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            per_seed = dict(zip(seeds, pool.map(run_seed, *zip(*args, strict=True)), strict=True))
+        calls = [(config, dict(overrides), s, data, work, s == seeds[0]) for s in seeds]
+        per_seed = dict(zip(seeds, side_by_side(run_seed, calls), strict=True))
     random_run = next(r["random valid actions"] for r, _ in per_seed.values() if "random valid actions" in r)
     for _, t in per_seed.values():
         times.update(t)
@@ -147,14 +145,14 @@ def main(
             rows[f"{name} seed {s}"] = per_seed[s][0][name]
         rows[f"{name} mean"] = (
             [x for s in seeds for x in per_seed[s][0][name][0]],
-            _mean([per_seed[s][0][name][1] for s in seeds]),
-            _mean([per_seed[s][0][name][2] for s in seeds]),
+            mean([per_seed[s][0][name][1] for s in seeds]),
+            mean([per_seed[s][0][name][2] for s in seeds]),
         )
     rows["random valid actions"] = random_run
     pooled_random = random_run[0] * len(seeds)  # the same tasks once per seed, paired with each seed's
     p_random = paired_greater(rows["sft mean"][0], pooled_random)
     p_untrained = paired_greater(rows["sft mean"][0], rows["untrained mean"][0])
-    mean = {k: _mean(v[0]) for k, v in rows.items()}
+    reward = {k: mean(v[0]) for k, v in rows.items()}
 
     results: dict[str, float] = {
         "shop_learning_n_tasks": float(n_tasks),
@@ -162,7 +160,7 @@ def main(
     }
     for k, (_, succ, err) in rows.items():
         key = k.replace("random valid actions", "random").replace(" mean", "").replace(" seed ", "_s")
-        results[f"shop_learning_{key}_reward"] = mean[k]
+        results[f"shop_learning_{key}_reward"] = reward[k]
         results[f"shop_learning_{key}_success_rate"] = succ
         results[f"shop_learning_{key}_format_error"] = err
     results["shop_learning_p_sft_above_random"] = p_random
@@ -191,7 +189,7 @@ def main(
         "",
         "| policy | reward (mean) | success rate | format errors |",
         "|---|---:|---:|---:|",
-        *(f"| {k} | {mean[k]:.3f} | {v[1]:.3f} | {v[2]:.2f} |" for k, v in rows.items()),
+        *(f"| {k} | {reward[k]:.3f} | {v[1]:.3f} | {v[2]:.2f} |" for k, v in rows.items()),
         "",
         f"SFT (mean over seeds) above random valid actions: one-sided paired sign-flip permutation p = "
         f"{p_random:.3g} over {len(rows['sft mean'][0])} (seed, task) pairs, so the bar (p < 0.05) {verdict} "
@@ -205,8 +203,8 @@ def main(
     (results_dir / "shop_learning.md").write_text("\n".join(lines), encoding="utf-8")
     if p_random >= 0.05:
         raise BarMissed(
-            f"shop SFT is not clearly above random valid actions: reward {mean['sft mean']:.3f} vs "
-            f"{mean['random valid actions']:.3f}, p = {p_random:.3g} (bench/results/shop_learning.md)",
+            f"shop SFT is not clearly above random valid actions: reward {reward['sft mean']:.3f} vs "
+            f"{reward['random valid actions']:.3f}, p = {p_random:.3g} (bench/results/shop_learning.md)",
             results,
         )
     return results

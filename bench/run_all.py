@@ -144,13 +144,14 @@ def log_to_mlflow(
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment)
+    benches = discover()
     with mlflow.start_run(run_name="bench") as parent:
         mlflow.set_tag("git_commit", _git_commit())
         for name, results in all_results.items():
             with mlflow.start_run(run_name=name, nested=True):
                 finite = {k: v for k, v in results.items() if math.isfinite(v)}
                 mlflow.log_metrics(finite)
-                for report in reports_of(name, results_dir, since, discover()):
+                for report in reports_of(name, results_dir, since, benches):
                     mlflow.log_artifact(str(report))
         mlflow.log_artifact(str(results_dir / "all.json"))
         return parent.info.run_id

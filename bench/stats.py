@@ -38,3 +38,8 @@ def paired_greater(a: Sequence[float], b: Sequence[float], n_resamples: int = 20
         sum(d if rng.random() < 0.5 else -d for d in diffs) >= observed for _ in range(n_resamples)
     )
     return hits / (n_resamples + 1)
+
+
+def mean(xs: Sequence[float]) -> float:
+    """The mean, 0 for no values (a model scored on no task of a count)."""
+    return sum(xs) / len(xs) if xs else 0.0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -79,9 +81,6 @@ def test_an_all_json_that_is_not_an_object_is_replaced(tmp_path: Path, content: 
 
 
 def test_a_benchmark_logs_the_reports_and_plots_it_wrote_this_run(tmp_path: Path) -> None:
-    import os
-    import time
-
     old = tmp_path / "retrieval_full.md"  # a full run's report, from an earlier run
     old.write_text("old")
     os.utime(old, (1.0, 1.0))
