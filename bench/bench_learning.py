@@ -51,6 +51,8 @@ from mem1_core.agent.policy import HFPolicy  # noqa: E402
 from mem1_core.agent.rollout import run_episodes  # noqa: E402
 from mem1_core.config import PPOConfig, SFTConfig, load_config  # noqa: E402
 from mem1_core.data import compose  # noqa: E402
+from mem1_core.data.world import build_world  # noqa: E402
+from mem1_core.eval.counterfactual import counterfactual_tasks, recited_share, redraw_facts  # noqa: E402
 from mem1_core.eval.metrics import objective_scores, summarize  # noqa: E402
 from mem1_core.eval.plots import learning_curve  # noqa: E402
 from mem1_core.eval.teacher_forced import token_accuracy  # noqa: E402
@@ -122,6 +124,10 @@ OVERRIDES: dict[str, object] = {
     "ppo.eval_objectives": [GATE_OBJECTIVES],
     "ppo.checkpoint_every": 40,
 }
+READING_OBJECTIVES = (1, GATE_OBJECTIVES)  # counts scored again over documents with every fact redrawn
+REDRAW_SEED = 1  # one redrawn world for every model and seed, so their counterfactual EMs compare
+# Samples per greedy-failed task when asking what RL's sampling can find: grpo's group size.
+HEADROOM_SAMPLES = 8
 SLOTS = {  # key -> what the token copies, and from where
     "question": "state: the first question, first turn (from the prompt)",
     "next_question": "state: the next question, after an answer (from the prompt, behind state and document)",
@@ -139,6 +145,46 @@ def _rollouts(
     policy = HFPolicy(model, tok, temperature=0.0, batch_size=agent.batch_size)
     trajs = run_episodes(tasks, factory, policy, agent, mode=agent.mode, progress=False)
     return summarize(trajs), trajs
+
+
+def task_em(tasks: list[Any], trajs: list[Any]) -> list[float]:
+    """Each task's EM: the mean over its sub-answers."""
+    out = []
+    for ta, tr in zip(tasks, trajs, strict=True):
+        ems = objective_scores(tr.predictions, [list(o.answers) for o in ta.objectives])[0]
+        out.append(sum(ems) / len(ems))
+    return out
+
+
+def reading_check(
+    model: Any, tok: Any, cf_tasks: list[Any], cf_factory: Any, agent: Any, world: Any
+) -> dict[str, float]:
+    """Greedy EM on the same tasks over redrawn documents, and the share of answers that are still the
+    old world's: a model that reads scores as before and recites nothing."""
+    _, trajs = _rollouts(model, tok, cf_tasks, cf_factory, agent)
+    return {
+        "em": mean(task_em(cf_tasks, trajs)),
+        "recited": recited_share(cf_tasks, [tr.predictions for tr in trajs], world),
+    }
+
+
+def sampling_headroom(
+    model: Any, tok: Any, tasks: list[Any], greedy_em: list[float], factory: Any, agent: Any, k: int
+) -> dict[str, float]:
+    """Of the tasks greedy decoding gets wrong, how many does one of k samples (RL's temperature) do
+    better on? RL can only reinforce what its samples find, so this bounds what it can teach."""
+    failed = [(t, g) for t, g in zip(tasks, greedy_em, strict=True) if g < 1.0]
+    if not failed:
+        return {"failed": 0.0, "improvable": 0.0, "sample_em": 0.0}
+    policy = HFPolicy(model, tok, temperature=agent.temperature, batch_size=agent.batch_size)
+    repeated = [t for t, _ in failed for _ in range(k)]
+    ems = task_em(repeated, run_episodes(repeated, factory, policy, agent, mode=agent.mode, progress=False))
+    groups = [ems[i * k : (i + 1) * k] for i in range(len(failed))]
+    return {
+        "failed": float(len(failed)),
+        "improvable": mean([float(max(g) > em) for g, (_, em) in zip(groups, failed, strict=True)]),
+        "sample_em": mean(ems),
+    }
 
 
 def episode_stages(tasks: list[Any], trajs: list[Any], grammar: Any) -> dict[str, float]:
@@ -254,15 +300,12 @@ def evaluate_model(
     trajs_by_n: dict[int, list[Any]] = {}
     for n, chosen in tasks.items():
         summary, trajs = _rollouts(model, tok, chosen, factory, agent)
-        per_task = [
-            objective_scores(tr.predictions, [list(o.answers) for o in ta.objectives])[0]
-            for ta, tr in zip(chosen, trajs, strict=True)
-        ]
+        per_task = task_em(chosen, trajs)
         out[n] = {
             **summary,
-            "task_em": [sum(e) / len(e) for e in per_task],
-            "right": int(sum(sum(e) for e in per_task)),
-            "answers": sum(len(e) for e in per_task),
+            "task_em": per_task,
+            "right": round(sum(e * ta.n_objectives for e, ta in zip(per_task, chosen, strict=True))),
+            "answers": sum(ta.n_objectives for ta in chosen),
         }
         trajs_by_n[n] = trajs
     return out, trajs_by_n
@@ -276,6 +319,8 @@ class SeedRun:
     stages: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
     slots: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
     curves: dict[tuple[str, int], list[dict[str, float]]] = field(default_factory=dict)
+    reading: dict[tuple[str, int], dict[int, dict[str, float]]] = field(default_factory=dict)
+    headroom: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
     sft: tuple[dict[str, Any], bool] = ({}, False)
 
@@ -308,11 +353,26 @@ def run_seed(
     out = SeedRun()
     cfg = load_config(config, {**overrides, "sft.seed": seed, "ppo.seed": seed})
     agent, factory, tasks = _eval_setup(cfg, data)
+    world = build_world(cfg.compose.world)
+    redrawn = redraw_facts(world, REDRAW_SEED)
+    cf_factory = sft.make_env_factory(redrawn.documents, agent)
+    cf_tasks = {n: counterfactual_tasks(tasks[n], world, redrawn) for n in READING_OBJECTIVES if n in tasks}
+    sampler = agent.model_copy(update={"temperature": cfg.ppo.agent.temperature})
 
     def score(name: str, model_dir: Path, arm: str = "mem1") -> None:
         t0 = time.perf_counter()
         arm_agent = agent.model_copy(update={"mode": arm})
         out.grid[(name, seed)], trajs = evaluate_model(model_dir, tasks, factory, arm_agent)
+        if arm == "mem1":
+            model, tok = models.load_model(model_dir)
+            out.reading[(name, seed)] = {
+                n: reading_check(model, tok, cf, cf_factory, agent, world) for n, cf in cf_tasks.items()
+            }
+            if name != "untrained" and GATE_OBJECTIVES in tasks:
+                greedy = out.grid[(name, seed)][GATE_OBJECTIVES]["task_em"]
+                out.headroom[(name, seed)] = sampling_headroom(
+                    model, tok, tasks[GATE_OBJECTIVES], greedy, factory, sampler, HEADROOM_SAMPLES
+                )
         if detail and arm == "mem1":
             grammar = models.load_grammar(model_dir)
             for n in STAGE_OBJECTIVES:
@@ -383,6 +443,8 @@ def main(
     slots = {k: v for r in runs for k, v in r.slots.items()}
     curves = {k: v for r in runs for k, v in r.curves.items()}
     times = {k: v for r in runs for k, v in r.times.items()}
+    reading = {k: v for r in runs for k, v in r.reading.items()}
+    headroom = {k: v for r in runs for k, v in r.headroom.items()}
     sft_info = {s: r.sft for s, r in zip(seeds, runs, strict=True)}
     RL = recipes
 
@@ -418,6 +480,12 @@ def main(
     for (k, n), by_stage in stages.items():
         for stage, v in by_stage.items():
             results[f"learning_{k}_n{n}_stage_{stage.replace(' ', '_')}"] = v
+    for (k, s), by_n in reading.items():
+        for n, r in by_n.items():
+            results[f"learning_{k}_s{s}_n{n}_counterfactual_em"] = r["em"]
+            results[f"learning_{k}_s{s}_n{n}_counterfactual_recited"] = r["recited"]
+    for (k, s), h in headroom.items():
+        results.update({f"learning_{k}_s{s}_n{GATE_OBJECTIVES}_headroom_{m}": v for m, v in h.items()})
     results.update({f"learning_seconds_{k}": v for k, v in times.items()})
     summary0 = sft_info[seeds[0]][0]  # the first seed's SFT: its pre-training figures go in the report
     results.update({f"learning_sft_{k}": float(v) for k, v in summary0.items() if k.startswith("pretrain_")})
@@ -570,6 +638,28 @@ def main(
     ]
     for (k, n), by_stage in stages.items():
         lines.append(f"| {k}, {n} | " + " | ".join(_cell(by_stage.get(x)) for x in stage_names) + " |")
+    reading_counts = sorted({n for by_n in reading.values() for n in by_n})
+    lines += [
+        "",
+        f"Reading, not recall: greedy EM on the same held-out tasks over documents whose facts are all "
+        f"redrawn (names kept; redraw seed {REDRAW_SEED}), and the share of those answers that are still the "
+        f"original world's (a reciter's). What sampling can find: of the {gate}-objective tasks greedy "
+        f"gets wrong, the share where one of {HEADROOM_SAMPLES} samples at the RL temperature "
+        f"({base.ppo.agent.temperature}) scores higher, and the mean EM of those samples; RL can only "
+        "reinforce what its samples find.",
+        "",
+        "| model | seed | " + " | ".join(f"EM@{n} | EM@{n} redrawn | old answers@{n}" for n in reading_counts)
+        + f" | greedy-failed tasks@{gate} | a sample does better | mean sample EM |",
+        "|---|---|" + "---:|" * (3 * len(reading_counts) + 3),
+    ]  # fmt: skip
+    for (k, s), by_n in reading.items():
+        cells = " | ".join(
+            f"{grid[(k, s)][n]['em']:.3f} | {by_n[n]['em']:.3f} | {by_n[n]['recited']:.2f}"
+            for n in reading_counts
+        )
+        h = headroom.get((k, s))
+        tail = f"{h['failed']:.0f} | {h['improvable']:.2f} | {h['sample_em']:.3f}" if h else "- | - | -"
+        lines.append(f"| {k} | {s} | {cells} | {tail} |")
     verdict = "holds" if p_sft < 0.05 else "does NOT hold"
     lines += [
         "",

@@ -91,6 +91,12 @@ def test_bench_fails_and_still_writes_its_table_when_sft_is_not_above_untrained(
     assert results["learning_sft-full_n8_peak_tokens"] > 0 and results["learning_sft_n8_peak_tokens"] > 0
     assert (tmp_path / "learning_curve_grpo-full_s0.png").is_file()
     assert "does NOT hold" in table and "Fisher exact" in table and "paired sign-flip" in table
+    # Every mem1 model is scored again over redrawn documents; trained ones also by what sampling finds.
+    assert "Reading, not recall" in table and "| grpo | 1 |" in table
+    for key in ("untrained_s0_n1_counterfactual_em", "sft_s1_n2_counterfactual_recited",
+                "grpo_s1_n2_headroom_improvable", "gae_s0_n2_headroom_failed"):  # fmt: skip
+        assert 0.0 <= results[f"learning_{key}"] <= 4, key
+    assert "learning_untrained_s0_n2_headroom_failed" not in results
     assert "seed 0 trained in this run" in table
     assert "causal-LM pre-training 2 steps x 2 windows of 32 tokens" in table
     assert results["learning_sft_pretrain_steps"] == 2
