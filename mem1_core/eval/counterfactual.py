@@ -25,19 +25,28 @@ def redraw_facts(world: World, seed: int) -> World:
     """The same entities and names, each link and number drawn again (never the old one where the kind
     has another entity or value to give)."""
     rng = random.Random(seed)
-    by_kind: dict[str, list[str]] = {}
+    ids: dict[str, list[str]] = {}
     for e in world.entities.values():
-        by_kind.setdefault(e.kind, []).append(e.id)
+        ids.setdefault(e.kind, []).append(e.id)
+    values = {kind: sorted({world.entities[i].value for i in pool}) for kind, pool in ids.items()}
+    id_pos = {kind: {x: i for i, x in enumerate(pool)} for kind, pool in ids.items()}
+    value_pos = {kind: {v: i for i, v in enumerate(pool)} for kind, pool in values.items()}
 
-    def other(old: T, pool: list[T]) -> T:
-        choices = [x for x in pool if x != old]
-        return rng.choice(choices) if choices else old
+    def other(old: T, pool: list[T], pos: dict[T, int]) -> T:
+        """A uniform draw from `pool` without `old` (one random number, whatever the pool's size)."""
+        if len(pool) < 2:
+            return old
+        j = rng.randrange(len(pool) - 1)
+        return pool[j + 1] if j >= pos[old] else pool[j]
 
     entities = {}
     for e in world.entities.values():
-        links = {rel: other(t, by_kind[world.entities[t].kind]) for rel, t in e.links.items()}
-        values = sorted({world.entities[i].value for i in by_kind[e.kind]})
-        entities[e.id] = replace(e, links=links, value=other(e.value, values))
+        links = {}
+        for rel, t in e.links.items():
+            kind = world.entities[t].kind
+            links[rel] = other(t, ids[kind], id_pos[kind])
+        value = other(e.value, values[e.kind], value_pos[e.kind])
+        entities[e.id] = replace(e, links=links, value=value)
     documents = [Document(e.id, e.name, _describe(e, entities)) for e in entities.values()]
     return World(config=world.config, entities=entities, documents=documents)
 
