@@ -6,7 +6,9 @@ ppo.run from that SFT model with each advantage estimator in RL_RECIPES (gae wit
 groups of samples per task) -> greedy mem1-mode rollouts on held-out tasks at 1, 2, 4, 8 and 16
 objectives for the untrained model (same architecture and tokenizer, random weights), SFT and each
 RL model. Besides EM and F1 it scores the oracle's held-out turns teacher-forced, split by what a
-turn must copy, and where free-running episodes break, so a weak EM shows where the model fails.
+turn must copy, and where free-running episodes break, so a weak EM shows where the model fails; every
+model again over documents whose facts are redrawn (it reads, or recites what pre-training stored); and,
+for trained models, on how many greedy failures one of 8 samples does better (what RL can reinforce).
 
 Bars (the bench raises BarMissed after writing every number when one is missed):
 - SFT above the untrained model at 2 objectives (one-sided Fisher exact, p < 0.05, seeds pooled);
