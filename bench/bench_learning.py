@@ -294,10 +294,9 @@ def cached_sft(cfg: SFTConfig, data: Path, work: Path, cache: Path) -> tuple[Pat
 
 
 def evaluate_model(
-    model_dir: Path, tasks: dict[int, list[Any]], factory: Any, agent: Any
+    model: Any, tok: Any, tasks: dict[int, list[Any]], factory: Any, agent: Any
 ) -> tuple[dict[int, dict[str, Any]], dict[int, list[Any]]]:
     """Greedy mem1 rollouts per count: summary, per-task mean EM, and sub-answers right / total."""
-    model, tok = models.load_model(model_dir)
     out: dict[int, dict[str, Any]] = {}
     trajs_by_n: dict[int, list[Any]] = {}
     for n, chosen in tasks.items():
@@ -364,9 +363,9 @@ def run_seed(
     def score(name: str, model_dir: Path, arm: str = "mem1") -> None:
         t0 = time.perf_counter()
         arm_agent = agent.model_copy(update={"mode": arm})
-        out.grid[(name, seed)], trajs = evaluate_model(model_dir, tasks, factory, arm_agent)
+        model, tok = models.load_model(model_dir)  # once: every score below uses the same weights
+        out.grid[(name, seed)], trajs = evaluate_model(model, tok, tasks, factory, arm_agent)
         if arm == "mem1":
-            model, tok = models.load_model(model_dir)
             out.reading[(name, seed)] = {
                 n: reading_check(model, tok, cf, cf_factory, agent, world) for n, cf in cf_tasks.items()
             }
@@ -381,7 +380,6 @@ def run_seed(
                 if n in tasks:
                     out.stages[(name, n)] = episode_stages(tasks[n], trajs[n], grammar)
             if GATE_OBJECTIVES in tasks:
-                model, tok = models.load_model(model_dir)
                 out.slots[name] = slot_accuracy(model, tok, grammar, tasks[GATE_OBJECTIVES], factory, agent)
         out.times[f"evaluate_{name}_s{seed}"] = time.perf_counter() - t0
 
