@@ -18,8 +18,9 @@ Bars (the bench raises BarMissed after writing every number when one is missed):
   p < 0.05) and not below SFT's.
 
 SFT models are cached by (SFT config, data set hash, seed, the code that builds them) under
-$MEM1_BENCH_CACHE (default runs/bench-cache): reruns that only change RL reuse them, and the
-report says when a model came from the cache and how long it took to train.
+$MEM1_BENCH_CACHE (default ~/.cache/mem1-pipelines/bench, under $XDG_CACHE_HOME where set: outside the
+checkout, so a `git clean` or a fresh clone does not throw away hours of SFT): reruns that only change
+RL reuse them, and the report says when a model came from the cache and how long it took to train.
 
 Run: .venv/bin/python bench/bench_learning.py [CONFIG]   (writes bench/results/learning.md)
 """
@@ -334,6 +335,14 @@ def _eval_setup(base: Any, data: Path) -> tuple[Any, Any, dict[int, list[Any]]]:
     return agent, factory, {n: chosen for n, chosen in tasks.items() if chosen}
 
 
+def default_cache() -> Path:
+    """$MEM1_BENCH_CACHE, else the user's cache dir (XDG), the place a cache outlives a checkout."""
+    if os.environ.get("MEM1_BENCH_CACHE"):
+        return Path(os.environ["MEM1_BENCH_CACHE"])
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "mem1-pipelines" / "bench"
+
+
 def run_seed(
     config: Path,
     overrides: dict[str, object],
@@ -427,7 +436,7 @@ def main(
     t_start = time.perf_counter()
     overrides = OVERRIDES if overrides is None else overrides
     recipes = RL_RECIPES if recipes is None else recipes
-    cache = cache or Path(os.environ.get("MEM1_BENCH_CACHE", REPO / "runs" / "bench-cache"))
+    cache = cache or default_cache()
     base = load_config(config, dict(overrides))
     results_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mem1-learning-") as tmp:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.bar import BarMissed
-from bench.bench_learning import SLOTS, _slot, main
+from bench.bench_learning import SLOTS, _slot, default_cache, main
 from bench.stats import fisher_greater, paired_greater
 from mem1_core.protocol.tags import DEFAULT_GRAMMAR as G
 
@@ -20,6 +20,18 @@ def test_fisher_greater_matches_the_hypergeometric_tail() -> None:
     assert fisher_greater(0, 64, 0, 64) == pytest.approx(1.0)
     assert fisher_greater(3, 10, 3, 10) > 0.5  # equal groups are not evidence
     assert fisher_greater(10, 20, 2, 20) < 0.01
+
+
+def test_sft_cache_lives_outside_the_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # hours of SFT must survive `git clean` and a fresh clone: the default is the user's cache dir
+    monkeypatch.delenv("MEM1_BENCH_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache() == tmp_path / "xdg" / "mem1-pipelines" / "bench"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache() == tmp_path / "home" / ".cache" / "mem1-pipelines" / "bench"
+    monkeypatch.setenv("MEM1_BENCH_CACHE", str(tmp_path / "mine"))
+    assert default_cache() == tmp_path / "mine"
 
 
 def test_paired_greater_exact_and_monte_carlo() -> None:
