@@ -323,6 +323,14 @@ class PPOConfig(StrictModel):
         "at EM-level rewards without making a step too slow on CPU)",
     )
     scale_by_group_std: bool = Field(True, description="grpo: divide by the group's reward std")
+    oversample: int = Field(
+        1,
+        ge=1,
+        description="grpo/rloo: roll out oversample x prompts_per_step tasks a step and train on "
+        "prompts_per_step of their groups, those whose rewards differ first (DAPO's dynamic sampling). "
+        "A group whose samples all score the same has advantage 0 and teaches nothing; once most tasks "
+        "are always solved (or never), oversampling keeps the update full of signal. 1: off",
+    )
     loss_agg: Literal["token_mean", "sequence_mean"] = Field(
         "token_mean",
         description="token_mean: every generated token weighs the same (long episodes weigh more); "
@@ -375,6 +383,11 @@ class PPOConfig(StrictModel):
             raise ValueError(
                 f"advantage {self.advantage!r} needs group_size >= 2 (its baseline is the other samples "
                 f"of the same task), got {self.group_size}"
+            )
+        if self.advantage == "gae" and self.oversample > 1:
+            raise ValueError(
+                f"oversample {self.oversample} picks groups of samples whose rewards differ; advantage "
+                "'gae' rolls out no groups (use grpo or rloo, or oversample 1)"
             )
         if self.advantage != "gae" and self.agent.temperature == 0:
             raise ValueError(

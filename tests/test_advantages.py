@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mem1_core.rl.advantages import gae, group_advantages, group_stats
+from mem1_core.rl.advantages import gae, group_advantages, group_stats, informative_groups
 from mem1_core.rl.ppo import aggregate
 
 
@@ -78,3 +78,14 @@ def test_sequence_mean_weighs_episodes_equally_token_mean_tokens() -> None:
     packed = torch.tensor([[0, 0, 1, 1]])  # two episodes in one row
     y, m = torch.tensor([[2.0, 4.0, 1.0, 0.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     assert float(aggregate(y, m, packed, "sequence_mean")) == pytest.approx((3 + 1) / 2)
+
+
+def test_informative_groups_keep_groups_whose_rewards_differ_first() -> None:
+    # groups of 2: flat, differs, flat, differs, differs
+    rewards = [1, 1, 0, 1, 0, 0, 1, 0, 0.5, 0]
+    assert informative_groups(rewards, 2, 2) == [1, 3]  # the first two that differ, in order
+    assert informative_groups(rewards, 2, 3) == [1, 3, 4]
+    assert informative_groups(rewards, 2, 4) == [0, 1, 3, 4]  # too few differ: flat ones fill, in order
+    assert informative_groups(rewards, 2, 5) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="cannot keep 6 of 5"):
+        informative_groups(rewards, 2, 6)

@@ -163,6 +163,8 @@ def test_group_estimators_need_groups_and_sampling() -> None:
     with pytest.raises(ValueError, match="temperature > 0"):
         small_ppo(agent={"temperature": 0.0})
     assert small_ppo(advantage="gae", group_size=1).group_size == 1
+    with pytest.raises(ValueError, match="oversample 2 picks groups"):
+        small_ppo(advantage="gae", group_size=1, oversample=2)
 
 
 def test_learning_curve_points_before_and_during_training(
@@ -208,6 +210,9 @@ def test_cli_ppo_runs_and_prints_metrics(data_dir: Path, model_dir: Path, tmp_pa
 def test_too_many_prompts_is_a_clear_error(data_dir: Path, model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="prompts_per_step 999"):
         ppo.PPOTrainer(small_ppo(prompts_per_step=999), data_dir, model_dir, tmp_path)
+    n = len(ppo.load_tasks(data_dir, "train"))
+    with pytest.raises(ValueError, match=f"x ppo.oversample 2 is more than the {n} train tasks"):
+        ppo.PPOTrainer(small_ppo(prompts_per_step=n // 2 + 1, oversample=2), data_dir, model_dir, tmp_path)
 
 
 def test_random_seed_isolation() -> None:

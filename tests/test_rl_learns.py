@@ -104,3 +104,31 @@ def test_a_flipped_policy_gradient_does_not_learn(
     rewards = _rewards(advantage, assets, tmp_path, flip=True)
     assert not _learned(rewards), rewards
     assert sum(rewards[-5:]) / 5 < sum(rewards[:3]) / 3, rewards  # it descends instead
+
+
+def test_oversampling_trains_on_the_groups_whose_rewards_differ(
+    assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, model = assets
+    cfg = PPOConfig.model_validate(
+        {
+            "advantage": "grpo", "group_size": 4, "prompts_per_step": 4, "oversample": 2, "minibatch_size": 8,
+            "steps": 3, "agent": {"max_new_tokens": 1, "max_turns": 1, "temperature": 1.0},
+        }
+    )  # fmt: skip
+    trainer = ppo.PPOTrainer(cfg, data, model, tmp_path)
+    tok = trainer.tokenizer
+    paid = {tok.decode([i]) for i in range(0, len(tok), 4)}
+    trainer.env_factory = lambda task: PickOneEnv(task, paid)
+    trained: list[list[float]] = []
+    score = trainer.score
+    trainer.score = lambda seqs: (trained.append([s.reward for s in seqs]), score(seqs))[1]  # type: ignore[method-assign]
+    for _ in range(cfg.steps):
+        m = trainer.train_step()
+        trainer.step += 1
+        rewards = trained[-1]
+        assert len(rewards) == 16  # prompts_per_step x group_size, of the 32 episodes rolled out
+        sampled_differ = round((1 - m["flat_group_share"]) * 8)  # of the 8 groups rolled out
+        kept_flat = sum(max(rewards[g : g + 4]) == min(rewards[g : g + 4]) for g in range(0, 16, 4))
+        assert kept_flat == max(0, 4 - sampled_differ), (m, rewards)  # flat groups only fill the quota
+        assert m["trained_flat_group_share"] == kept_flat / 4

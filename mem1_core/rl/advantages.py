@@ -85,3 +85,18 @@ def group_stats(rewards: Sequence[float], group_size: int) -> dict[str, float]:
         flat += max(r) - min(r) < 1e-12
     n = max(len(groups), 1)
     return {"group_reward_std": sum(stds) / n, "flat_group_share": flat / n}
+
+
+def informative_groups(rewards: Sequence[float], group_size: int, keep: int) -> list[int]:
+    """Indices of `keep` groups, those whose rewards differ first, each kind in sampling order.
+
+    DAPO's dynamic sampling without a refill loop: the step rolls out more groups than it trains on
+    and drops flat ones (all rewards equal: advantage 0, so they only dilute the update). Flat groups
+    fill the quota when too few differ, so every step trains on the same number of episodes (ranks
+    keep equal mini-batch counts)."""
+    groups = _groups(len(rewards), group_size)
+    if not 0 < keep <= len(groups):
+        raise ValueError(f"cannot keep {keep} of {len(groups)} groups")
+    flat = [max(rewards[i] for i in g) - min(rewards[i] for i in g) < 1e-12 for g in groups]
+    ranked = [k for k in range(len(groups)) if not flat[k]] + [k for k in range(len(groups)) if flat[k]]
+    return sorted(ranked[:keep])

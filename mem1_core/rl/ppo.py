@@ -1,6 +1,7 @@
 """PPO over MEM1 rollouts, scored through one stitched, masked forward pass per batch.
 
-Each step: sample `prompts_per_step` training tasks, roll each out `group_size` times in the agent's
+Each step: sample `prompts_per_step` training tasks (x `oversample`: then only `prompts_per_step` groups,
+those whose rewards differ first, are trained on), roll each out `group_size` times in the agent's
 mode (mem1 by default; full and truncate:K train the baselines the same way) with the actor
 (HFPolicy, temperature cfg.agent.temperature), stitch every episode (rl/trajectory.py), and run one
 masked forward pass per mini-batch for the old and reference log-probs (and the values, with a
@@ -64,7 +65,7 @@ from mem1_core.envs import domains
 from mem1_core.envs.qa import score_answers
 from mem1_core.protocol.scoring import normalize_answer
 from mem1_core.rl import checkpoint, distributed
-from mem1_core.rl.advantages import gae, group_advantages, group_stats
+from mem1_core.rl.advantages import gae, group_advantages, group_stats, informative_groups
 from mem1_core.rl.attention import AttentionBackend, resolve_backend
 from mem1_core.rl.trainer_log import LogFn
 from mem1_core.rl.trajectory import Batch, StitchedSequence, collate, stitch
@@ -177,10 +178,11 @@ class PPOTrainer:
         self.model_dir = Path(model_dir)
         # Inputs are read and checked before any model is loaded: bad data fails in a second, not after.
         self.tasks = load_tasks(Path(data_dir), "train")
-        if cfg.prompts_per_step > len(self.tasks):
-            raise ConfigError(
-                f"ppo.prompts_per_step {cfg.prompts_per_step} is more than the {len(self.tasks)} train tasks"
+        if cfg.prompts_per_step * cfg.oversample > len(self.tasks):
+            drawn = f"ppo.prompts_per_step {cfg.prompts_per_step}" + (
+                f" x ppo.oversample {cfg.oversample}" if cfg.oversample > 1 else ""
             )
+            raise ConfigError(f"{drawn} is more than the {len(self.tasks)} train tasks")
         self.domain = domains.domain_of(Path(data_dir))
         if cfg.reward != "env" and self.domain != "qa":
             raise ConfigError(
@@ -358,7 +360,8 @@ class PPOTrainer:
     def rollout(self) -> tuple[list[Any], float]:
         """This rank's episodes: its shard of the step's tasks, each `group_size` times in a row."""
         # Every rank draws the same tasks (same task_rng), then rolls out its own shard of whole groups.
-        tasks = distributed.shard(self.task_rng.sample(self.tasks, self.cfg.prompts_per_step), self.dist)
+        drawn = self.task_rng.sample(self.tasks, self.cfg.prompts_per_step * self.cfg.oversample)
+        tasks = distributed.shard(drawn, self.dist)
         grouped = [task for task in tasks for _ in range(self.cfg.group_size)]
         seed = self.cfg.seed * 1_000_003 + self.step + self.dist.rank * RANK_SEED_STRIDE
         t0 = time.perf_counter()
@@ -547,13 +550,14 @@ class PPOTrainer:
         if self.cfg.reward != "env":
             for s, t in zip(seqs, trajs, strict=True):
                 s.reward = episode_reward(t, self.cfg.reward)
+        trained = self._informative(seqs)
         t0 = time.perf_counter()
-        scored = self.score(seqs)
+        scored = self.score(trained)
         score_s = time.perf_counter() - t0
         metrics = self.update(scored)
         n = len(trajs)
         kl = [float(((x.old_logprobs - x.ref_logprobs) * x.loss_mask).sum()) for x in scored]
-        gen_tokens = sum(int(x.loss_mask.sum()) for x in scored)
+        gen_tokens = sum(s.n_loss_tokens for s in seqs)  # every episode rolled out, trained or not
         metrics.update(
             reward=sum(s.reward for s in seqs) / n,  # what PPO trained on (ppo.reward)
             em=sum(_em(t) for t in trajs) / n,
@@ -569,10 +573,22 @@ class PPOTrainer:
         metrics[f"attention_{self.backend}"] = 1.0  # which exact path scored and updated (auto resolved)
         if self.cfg.group_size > 1:
             metrics.update(group_stats([s.reward for s in seqs], self.cfg.group_size))
+        if self.cfg.oversample > 1:
+            kept = group_stats([s.reward for s in trained], self.cfg.group_size)
+            metrics["trained_flat_group_share"] = kept["flat_group_share"]
         metrics.update(domains.summary_extras(self.domain, trajs))
         if self.curve_tasks and (self.step + 1) % self.cfg.eval_every == 0:
             metrics.update(self.heldout())
         return distributed.reduce_metrics(metrics, self.dist, SUMMED_METRICS, SLOWEST_METRICS)
+
+    def _informative(self, seqs: list[StitchedSequence]) -> list[StitchedSequence]:
+        """The groups this step trains on: all, or with oversample k this rank's 1/k, those whose rewards
+        differ first (rl/advantages.informative_groups)."""
+        k, size = self.cfg.oversample, self.cfg.group_size
+        if k == 1:
+            return seqs
+        keep = informative_groups([s.reward for s in seqs], size, len(seqs) // size // k)
+        return [seqs[g * size + i] for g in keep for i in range(size)]
 
     def _record(self, step: int, metrics: dict[str, float], log: LogFn | None) -> dict[str, float]:
         record = {"step": float(step), **{f"ppo/{k}": float(v) for k, v in metrics.items()}}
@@ -636,6 +652,8 @@ def format_step(step: int, m: dict[str, float]) -> str:
     ]
     if "group_reward_std" in m:
         parts.append(f"group_std {m['group_reward_std']:.3f} flat {m['flat_group_share']:.2f}")
+    if "trained_flat_group_share" in m:
+        parts.append(f"trained flat {m['trained_flat_group_share']:.2f}")
     if "value_loss" in m:
         parts.append(f"vf {m['value_loss']:.4f}")
     parts += [
