@@ -74,7 +74,7 @@ MIN_GAIN = 0.05  # RL must add at least this much EM at GATE_OBJECTIVES (mean ov
 # (at 8 x 8 the held-out EM stayed level over 30 steps; 16 x 8 over 80 steps with the grounded reward
 # raised it, bench/README.md).
 RL_RECIPES: dict[str, dict[str, object]] = {
-    "grpo": {"advantage": "grpo", "group_size": 8, "prompts_per_step": 16},
+    "grpo": {"advantage": "grpo", "group_size": 8, "prompts_per_step": 16, "oversample": 2},
     "gae": {"advantage": "gae", "group_size": 1, "prompts_per_step": 128},
 }
 BAR_RECIPE = "grpo"  # the default estimator carries the bars
