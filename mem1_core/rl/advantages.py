@@ -74,6 +74,11 @@ def group_advantages(
     return out
 
 
+def _flat(rewards: Sequence[float], group: range) -> bool:
+    """All of the group's rewards are equal: its advantages are 0, it carries no signal."""
+    return max(rewards[i] for i in group) - min(rewards[i] for i in group) < 1e-12
+
+
 def group_stats(rewards: Sequence[float], group_size: int) -> dict[str, float]:
     """Mean within-group reward std, and the share of groups whose rewards are all equal (no signal)."""
     groups = _groups(len(rewards), group_size)
@@ -82,7 +87,7 @@ def group_stats(rewards: Sequence[float], group_size: int) -> dict[str, float]:
         r = [float(rewards[i]) for i in group]
         mean = sum(r) / len(r)
         stds.append(math.sqrt(sum((x - mean) ** 2 for x in r) / max(len(r) - 1, 1)))
-        flat += max(r) - min(r) < 1e-12
+        flat += _flat(rewards, group)
     n = max(len(groups), 1)
     return {"group_reward_std": sum(stds) / n, "flat_group_share": flat / n}
 
@@ -97,6 +102,6 @@ def informative_groups(rewards: Sequence[float], group_size: int, keep: int) -> 
     groups = _groups(len(rewards), group_size)
     if not 0 < keep <= len(groups):
         raise ValueError(f"cannot keep {keep} of {len(groups)} groups")
-    flat = [max(rewards[i] for i in g) - min(rewards[i] for i in g) < 1e-12 for g in groups]
+    flat = [_flat(rewards, g) for g in groups]
     ranked = [k for k in range(len(groups)) if not flat[k]] + [k for k in range(len(groups)) if flat[k]]
     return sorted(ranked[:keep])
