@@ -36,8 +36,9 @@ def test_whole_pipeline_locally(
     lines = out.splitlines()
     assert len(lines) <= 40, out
     steps = [x.split()[1] for x in lines if x.startswith("  ok ")]
-    assert steps[:5] == ["prepare-run", "compose", "sft", "ppo", "eval"], out
-    assert "register" in steps and "finish-run" in steps
+    # kfp.local may run independent tasks (record-step after compose) in either order: check the chain only
+    chain = ["prepare-run", "compose", "sft", "ppo", "eval", "register", "finish-run"]
+    assert [s for s in steps if s in chain] == chain, out
     assert "executor_output" not in out and "Executing task" not in out
     logs = list((run_dir / "logs").glob("pipeline-*.log"))
     assert len(logs) == 1 and f"full log: {logs[0]}" in out
