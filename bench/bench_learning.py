@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import sys
@@ -274,8 +275,19 @@ def sft_cache_key(cfg: SFTConfig, dataset_hash: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def machine() -> str:
+    """Where a model was trained: one seed gives the same weights on one machine (tests/test_pretrain.py),
+    while another CPU's kernels sum in another order, so the report names both machine and weights."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+    cpu = names[0] if names else (platform.processor() or platform.machine())
+    return f"{cpu}, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
+
+
 def cached_sft(cfg: SFTConfig, data: Path, work: Path, cache: Path) -> tuple[Path, dict[str, Any], bool]:
-    """(model dir, sft_summary, from cache): train once per key, reuse on reruns."""
+    """(model dir, sft_summary, from cache): train once per key, reuse on reruns. The summary carries the
+    weights' sha256 (from mem1.json), so two runs' models can be told equal or not."""
     key = sft_cache_key(cfg, compose.load_manifest(data)["dataset_hash"])
     entry = cache / "sft" / key
     if not (entry / "model" / "mem1.json").is_file():
@@ -283,15 +295,20 @@ def cached_sft(cfg: SFTConfig, data: Path, work: Path, cache: Path) -> tuple[Pat
         sft.run(cfg, data, work)
         summary = json.loads((work / "sft_summary.json").read_text(encoding="utf-8"))
         summary["seconds"] = time.perf_counter() - t0
+        summary["machine"] = machine()
         tmp = entry.with_name(key + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(work / "model", tmp / "model")
         (tmp / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         shutil.rmtree(entry, ignore_errors=True)
         tmp.rename(entry)
-        return entry / "model", summary, False
+        return entry / "model", {**summary, "weights": _weights_sha(entry / "model")}, False
     summary = json.loads((entry / "sft_summary.json").read_text(encoding="utf-8"))
-    return entry / "model", summary, True
+    return entry / "model", {**summary, "weights": _weights_sha(entry / "model")}, True
+
+
+def _weights_sha(model_dir: Path) -> str:
+    return " ".join(h[:12] for _, h in sorted(models.read_manifest(model_dir)["weights"].items()))
 
 
 def evaluate_model(
@@ -586,7 +603,8 @@ def main(
         "Overrides of the config: " + ", ".join(f"`{k}={v}`" for k, v in overrides.items()),
         "",
         "SFT models: " + "; ".join(
-            f"seed {s} {'from the cache' if c else 'trained in this run'} ({sm['seconds']:.0f} s to train)"
+            f"seed {s} {'from the cache' if c else 'trained in this run'} ({sm['seconds']:.0f} s to train on "
+            f"{sm.get('machine', 'an unrecorded machine')}; weights sha256 {sm['weights']})"
             for s, (sm, c) in sft_info.items()
         ) + ".",
         "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -115,10 +116,15 @@ def test_bench_fails_and_still_writes_its_table_when_sft_is_not_above_untrained(
     assert (tmp_path / "learning_curve_grpo_s1.png").is_file()
     stage_rows = [line for line in table.splitlines() if line.startswith(("| model, objectives", "| sft, "))]
     assert len({row.count("|") for row in stage_rows}) == 1, "every stage row has the header's columns"
+    # Each SFT model is named by its weights' sha256 and the machine that trained it.
+    first = re.findall(r"seed (\d) trained in this run \(\d+ s to train on ([^;]+ thread\(s\), torch [^;]+); "
+                       r"weights sha256 ([0-9a-f]{12})\)", table)  # fmt: skip
+    assert [s for s, _, _ in first] == ["0", "1"], table
     # A rerun reuses both SFT models; different SFT settings would not.
     with pytest.raises(BarMissed):
         main(tmp_path, overrides=tiny, seeds=(0, 1), cache=cache, recipes=recipes)
-    assert "seed 0 from the cache" in (tmp_path / "learning.md").read_text(encoding="utf-8")
+    again = (tmp_path / "learning.md").read_text(encoding="utf-8")
+    assert "seed 0 from the cache (" in again and f"weights sha256 {first[0][2]})" in again
     entries = list((cache / "sft").iterdir())
     assert len(entries) == 4  # 2 seeds x 2 memory modes
     # The teacher's turns are the same for both seeds and longer with the whole history in context.
