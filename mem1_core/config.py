@@ -285,6 +285,12 @@ class SFTConfig(StrictModel):
     warmup_ratio: float = Field(0.05, ge=0, le=1)
     deepspeed_config: str | None = Field(None, description="DeepSpeed JSON for the HF Trainer (CUDA only)")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    checkpoint_every: int = Field(
+        500,
+        ge=0,
+        description="optimizer steps between checkpoints of pre-training and of SFT (the newest kept); a "
+        "killed run rerun with the same --out resumes from it; removed once the model is saved; 0 = none",
+    )
     seed: int = 0
 
     @model_validator(mode="after")

@@ -3,6 +3,8 @@
 - `mem1 ppo` killed with SIGKILL mid-run (a subprocess at tiny sizes, checkpoint_every=1) and run
   again: it resumes from the last complete checkpoint, reaches the same step count, and its metrics
   history has no gap and no duplicate (and equals the killed run's history up to the checkpoint);
+- `mem1 sft` killed with SIGKILL in pre-training and again in SFT, and run again each time: it
+  resumes from the Trainer's newest checkpoint and ends with the weights of a run never killed;
 - an MLflow server behind a proxy that answers 503: a few 503s are retried with backoff and the
   model is registered once; a server that keeps failing gives a clear error naming the URI and
   leaves no registered version;
@@ -130,6 +132,105 @@ def test_ppo_survives_sigkill_and_resumes_without_gap_or_duplicate(
         for k in a:
             if not k.endswith(TIMING):
                 assert abs(a[k] - b[k]) < 1e-5, f"step {a['step']} {k}: {a[k]} vs {b[k]}"
+
+
+def _sft_cmd(assets: dict[str, Path], out: Path) -> list[str]:
+    sets = {
+        "sft.model.tiny.hidden_size": 32, "sft.model.tiny.intermediate_size": 64,
+        "sft.model.tiny.num_hidden_layers": 1, "sft.model.tiny.vocab_size": 400, "sft.batch_size": 2,
+        "sft.epochs": 0.5, "sft.checkpoint_every": 2,
+        "sft.pretrain.steps": 30, "sft.pretrain.seq_len": 32, "sft.pretrain.batch_size": 2,
+        "sft.pretrain.warmup_steps": 1,
+    }  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mem1_core.cli",
+        "sft",
+        "--config",
+        str(REPO / "configs" / "local-tiny.yaml"),
+    ]
+    cmd += ["--data-dir", str(assets["data"]), "--out", str(out)]
+    for k, v in sets.items():
+        cmd += ["--set", f"{k}={v}"]
+    return cmd
+
+
+def _kill_when(cmd: list[str], ready: Path, log_path: Path) -> None:
+    """Run cmd and SIGKILL it as soon as the file `ready` exists (a later checkpoint may be half-written)."""
+    with log_path.open("w") as log:
+        env = {**_env(), "PYTHONUNBUFFERED": "1"}  # what it printed before the kill reaches the log
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        deadline = time.monotonic() + 240
+        try:
+            while not ready.is_file():
+                assert proc.poll() is None, f"it ended before it could be killed:\n{log_path.read_text()}"
+                assert time.monotonic() < deadline, f"no {ready} in time"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(30) == -signal.SIGKILL
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+@pytest.mark.slow
+def test_sft_survives_sigkill_in_each_stage_and_ends_as_a_run_never_killed(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    out = tmp_path / "sft"
+    _kill_when(
+        _sft_cmd(assets, out),
+        out / "pretrain" / "checkpoint-2" / "trainer_state.json",
+        tmp_path / "kill1.log",
+    )
+    assert not (out / "model").exists() and (out / "sft_run.json").is_file()
+    _kill_when(
+        _sft_cmd(assets, out), out / "trainer" / "checkpoint-2" / "trainer_state.json", tmp_path / "kill2.log"
+    )
+    second = (tmp_path / "kill2.log").read_text()
+    assert "sft: pre-training resumes from " in second and "checkpoint-" in second, second[-3000:]
+    assert not (out / "model").exists()
+
+    resumed = subprocess.run(
+        _sft_cmd(assets, out), capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "sft: pre-training finished in an earlier run" in resumed.stdout
+    assert f"sft: resumes from {out / 'trainer'}/checkpoint-" in resumed.stdout
+    left = [p.name for p in out.rglob("checkpoint-*")] + [p.name for p in out.glob("sft_run.json")]
+    assert not left and not (out / "pretrain" / "done").exists(), f"checkpoints outlive the model: {left}"
+
+    straight = tmp_path / "straight"
+    done = subprocess.run(
+        _sft_cmd(assets, straight), capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    a = load_file(str(straight / "model" / "model.safetensors"))
+    b = load_file(str(out / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-6, f"the twice-killed run's weights differ from a straight run's by {worst}"
+    s_a = json.loads((straight / "sft_summary.json").read_text())
+    s_b = json.loads((out / "sft_summary.json").read_text())
+    for key in ("steps", "pretrain_steps", "pretrain_first_loss", "pretrain_last_loss"):
+        assert s_a[key] == pytest.approx(s_b[key], abs=1e-6), key
+
+
+def test_sft_refuses_to_resume_another_config_in_the_same_out_dir(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    from mem1_core.config import ConfigError, SFTConfig
+    from mem1_core.rl import trainer_resume
+
+    first = {"sft": SFTConfig().model_dump(mode="json"), "data": "abc"}
+    trainer_resume.claim_out_dir(tmp_path, first)
+    trainer_resume.claim_out_dir(tmp_path, first)  # the same run again: resumed, not refused
+    other = {"sft": SFTConfig(epochs=2.0).model_dump(mode="json"), "data": "abc"}
+    with pytest.raises(ConfigError, match=r"sft_run.json: .* \(sft.epochs: 3.0 then, 2.0 now\)"):
+        trainer_resume.claim_out_dir(tmp_path, other)
 
 
 # ----------------------------------------------------------------------------- MLflow answers 503

@@ -10,11 +10,15 @@ The texts are the ones the tiny tokenizer is trained on (envs.domains.tokenizer_
 training prompts and training gold answers, never a held-out task or a teacher turn. They are
 shuffled, joined with eos into one stream and cut into fixed windows: the run_clm recipe of
 transformers' examples, trained with transformers' Trainer (progress bar, cosine schedule, clipping).
+With `checkpoint_every` a killed run resumes from the Trainer's newest checkpoint, and a finished
+stage leaves its weights and summary in out_dir/pretrain/done, so a later resume goes straight to SFT.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ import torch
 
 from mem1_core.config import ConfigError, PretrainConfig
 from mem1_core.rl.trainer_log import LogFn, log_callback
+from mem1_core.rl.trainer_resume import PRETRAIN_DONE, latest_checkpoint, save_args
 
 
 def token_windows(
@@ -56,11 +61,20 @@ def run(
     out_dir: Path,
     log: LogFn | None = None,
     seed: int = 0,
+    checkpoint_every: int = 0,
 ) -> dict[str, float]:
     """Train `model` in place for cfg.steps steps; returns a summary (steps, windows, epochs, losses)."""
     # lazy: transformers' Trainer (with datasets) takes seconds to import; only sft.pretrain.steps > 0 runs it
     from datasets import Dataset
+    from safetensors.torch import load_model, save_model
     from transformers import Trainer, TrainingArguments
+
+    stage = Path(out_dir) / "pretrain"
+    done = Path(out_dir) / PRETRAIN_DONE
+    if (done / "summary.json").is_file():
+        load_model(model, str(done / "model.safetensors"))
+        print(f"sft: pre-training finished in an earlier run; its weights from {done}")
+        return json.loads((done / "summary.json").read_text(encoding="utf-8"))
 
     windows, stream_tokens = token_windows(texts, tokenizer, cfg.seq_len, seed)
     if not windows:
@@ -69,7 +83,7 @@ def run(
             f"({stream_tokens} tokens)"
         )
     args = TrainingArguments(
-        output_dir=str(Path(out_dir) / "pretrain"),
+        output_dir=str(stage),
         max_steps=cfg.steps,
         per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
@@ -80,11 +94,11 @@ def run(
         adam_beta2=0.98,
         max_grad_norm=1.0,
         logging_steps=1,
-        save_strategy="no",
         report_to="none",
         seed=seed,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        **save_args(checkpoint_every),
     )
     model.train()
     trainer = Trainer(
@@ -94,9 +108,12 @@ def run(
         data_collator=_collate,
         callbacks=[log_callback(log, "pretrain")] if log else None,
     )
-    result = trainer.train()
+    resume = latest_checkpoint(stage)
+    if resume:
+        print(f"sft: pre-training resumes from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
     losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
-    return {
+    summary = {
         "steps": float(result.global_step),
         "windows": float(len(windows)),
         "stream_tokens": float(stream_tokens),
@@ -105,3 +122,12 @@ def run(
         "first_loss": losses[0] if losses else float("nan"),
         "last_loss": losses[-1] if losses else float("nan"),
     }
+    if checkpoint_every:  # written whole, then renamed: a kill here leaves no half-finished stage
+        tmp = done.with_name(done.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_model(model, str(tmp / "model.safetensors"))
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        shutil.rmtree(done, ignore_errors=True)
+        tmp.rename(done)
+    return summary

@@ -13,6 +13,9 @@ the base model's tokenizer). For base_model "tiny" the tokenizer is trained on t
 prompts and the teacher's outputs, and the model is built from the config. With `cfg.pretrain.steps`
 the model is first trained as a plain causal LM on the data set's text (rl.pretrain), which is what
 lets a random-weight model learn to copy names.
+
+With `cfg.checkpoint_every` both Trainer stages checkpoint into out_dir, and a killed run started
+again with the same out_dir, config and data resumes where it stopped (rl.trainer_resume).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from mem1_core.data.sources import DataError
 from mem1_core.data.types import Document, Task
 from mem1_core.envs import domains
 from mem1_core.protocol.tags import DEFAULT_GRAMMAR, TagGrammar
-from mem1_core.rl import distributed, pretrain
+from mem1_core.rl import distributed, pretrain, trainer_resume
 from mem1_core.rl.trainer_log import LogFn, log_callback
 
 
@@ -148,7 +151,6 @@ def build_trainer(
         warmup_steps=min(cfg.warmup_ratio, 0.99),
         lr_scheduler_type="cosine",
         logging_steps=1,
-        save_strategy="no",
         report_to="none",
         max_length=cfg.max_seq_len,
         completion_only_loss=True,
@@ -159,6 +161,7 @@ def build_trainer(
         dataloader_num_workers=0,
         deepspeed=ds_config,  # ZeRO under torchrun; the Trainer fills the config's "auto"s
         accelerator_config={"use_configured_state": _cpu_deepspeed_state(ds_config)},
+        **trainer_resume.save_args(cfg.checkpoint_every),
     )
     trainer = SFTTrainer(
         model=model,
@@ -262,13 +265,22 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
         log({f"sft/data_{k}": float(v) for k, v in summary.items()}, 0)
 
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: input that fails the checks above writes nothing
+    if cfg.checkpoint_every and distributed.env_rank() == 0:
+        trainer_resume.claim_out_dir(
+            out_dir, {"sft": cfg.model_dump(mode="json"), "data": _data_id(data_dir)}
+        )
     if cfg.pretrain.steps:
-        pre = pretrain.run(cfg.pretrain, model, tokenizer, pretrain_texts, out_dir, log, seed=cfg.seed)
+        pre = pretrain.run(
+            cfg.pretrain, model, tokenizer, pretrain_texts, out_dir, log, cfg.seed, cfg.checkpoint_every
+        )
         print(f"sft: pre-training {json.dumps(pre)}")
         summary.update({f"pretrain_{k}": v for k, v in pre.items()})
     model.train()
     trainer = build_trainer(cfg, model, tokenizer, examples, out_dir, log, ds_config)
-    result = trainer.train()
+    resume = trainer_resume.latest_checkpoint(out_dir / "trainer")
+    if resume:
+        print(f"sft: resumes from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
     summary["train_loss"] = float(result.training_loss)
     summary["steps"] = int(result.global_step)
     plugin = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
@@ -277,5 +289,14 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
         if trainer.is_world_process_zero():  # under torchrun only rank 0 writes the model
             models.save_model(trainer.model.eval(), tokenizer, model_dir, grammar, {"sft": summary})
             (out_dir / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            trainer_resume.finish(out_dir)
     trainer.accelerator.wait_for_everyone()
     return model_dir
+
+
+def _data_id(data_dir: Path) -> str:
+    """What a resumed run must train on again: the composed data set's hash, else the directory."""
+    manifest = data_dir / "manifest.json"
+    if manifest.is_file():
+        return str(json.loads(manifest.read_text(encoding="utf-8")).get("dataset_hash", data_dir.resolve()))
+    return str(data_dir.resolve())
