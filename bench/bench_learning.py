@@ -21,6 +21,9 @@ SFT models are cached by (SFT config, data set hash, seed, the code that builds 
 $MEM1_BENCH_CACHE (default ~/.cache/mem1-pipelines/bench, under $XDG_CACHE_HOME where set: outside the
 checkout, so a `git clean` or a fresh clone does not throw away hours of SFT): reruns that only change
 RL reuse them, and the report says when a model came from the cache and how long it took to train.
+RL models are cached the same way, by (PPO config, the SFT weights' sha256, data, RL code). Both train
+inside the cache with checkpoints, so a bench killed midway (or cut off at the end of a session)
+resumes each unfinished model from its newest checkpoint when run again.
 
 Run: .venv/bin/python bench/bench_learning.py [CONFIG]   (writes bench/results/learning.md)
 """
@@ -60,7 +63,7 @@ from mem1_core.eval.counterfactual import counterfactual_tasks, recited_share, r
 from mem1_core.eval.metrics import objective_scores, summarize  # noqa: E402
 from mem1_core.eval.plots import learning_curve  # noqa: E402
 from mem1_core.eval.teacher_forced import token_accuracy  # noqa: E402
-from mem1_core.rl import ppo, sft  # noqa: E402
+from mem1_core.rl import ppo, sft, trainer_resume  # noqa: E402
 
 CONFIG = REPO / "configs" / "local-tiny.yaml"
 SEEDS = (0, 1)
@@ -89,6 +92,15 @@ SFT_CODE = (
     "mem1_core/rl/sft.py", "mem1_core/rl/pretrain.py", "mem1_core/models.py", "mem1_core/agent/policy.py",
     "mem1_core/agent/qa_oracle.py", "mem1_core/agent/scripted.py", "mem1_core/protocol/tags.py",
     "mem1_core/envs/qa.py", "mem1_core/data/compose.py", "mem1_core/data/world.py",
+)  # fmt: skip
+# Files whose change invalidates a cached RL model, besides the SFT model it starts from (named by its
+# weights' sha256): what rolls out, scores and updates the policy.
+RL_CODE = (
+    *(f for f in SFT_CODE if f not in ("mem1_core/rl/sft.py", "mem1_core/rl/pretrain.py")),
+    "mem1_core/rl/ppo.py", "mem1_core/rl/advantages.py", "mem1_core/rl/attention.py",
+    "mem1_core/rl/prefix.py", "mem1_core/rl/trajectory.py", "mem1_core/rl/value.py",
+    "mem1_core/rl/checkpoint.py", "mem1_core/agent/rollout.py", "mem1_core/protocol/scoring.py",
+    "mem1_core/envs/domains.py",
 )  # fmt: skip
 # The demo's config with a learning budget (tens of minutes instead of a few). Scratch runs on this box
 # showed why each: with 300 people and 512 tasks the model memorises the world and writes names it saw
@@ -267,8 +279,9 @@ def _pretrain_words(cfg: Any, summary: dict[str, float]) -> str:
 
 
 def sft_cache_key(cfg: SFTConfig, dataset_hash: str) -> str:
-    """What an SFT model is a function of: its config (seed included), the data and the building code."""
-    digest = hashlib.sha256(cfg.model_dump_json().encode())
+    """What an SFT model is a function of: its config (seed included), the data and the building code.
+    Not of sft.checkpoint_every: checkpoints leave the weights as they are (tests/test_pretrain.py)."""
+    digest = hashlib.sha256(cfg.model_dump_json(exclude={"checkpoint_every"}).encode())
     digest.update(dataset_hash.encode())
     for rel in SFT_CODE:
         digest.update((REPO / rel).read_bytes())
@@ -285,16 +298,20 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
 
 
-def cached_sft(cfg: SFTConfig, data: Path, work: Path, cache: Path) -> tuple[Path, dict[str, Any], bool]:
-    """(model dir, sft_summary, from cache): train once per key, reuse on reruns. The summary carries the
+def cached_sft(cfg: SFTConfig, data: Path, cache: Path) -> tuple[Path, dict[str, Any], bool]:
+    """(model dir, sft_summary, from cache): train once per key, reuse on reruns. Training runs in the
+    cache (`<key>.partial`, with checkpoints), so a killed bench resumes it. The summary carries the
     weights' sha256 (from mem1.json), so two runs' models can be told equal or not."""
     key = sft_cache_key(cfg, compose.load_manifest(data)["dataset_hash"])
     entry = cache / "sft" / key
     if not (entry / "model" / "mem1.json").is_file():
+        work = entry.with_name(key + ".partial")
+        resumed = (work / trainer_resume.RUN_FILE).is_file()
         t0 = time.perf_counter()
         sft.run(cfg, data, work)
         summary = json.loads((work / "sft_summary.json").read_text(encoding="utf-8"))
-        summary["seconds"] = time.perf_counter() - t0
+        summary["seconds"] = time.perf_counter() - t0  # a resumed run's: its last attempt only
+        summary["resumed"] = resumed
         summary["machine"] = machine()
         tmp = entry.with_name(key + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -302,9 +319,38 @@ def cached_sft(cfg: SFTConfig, data: Path, work: Path, cache: Path) -> tuple[Pat
         (tmp / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         shutil.rmtree(entry, ignore_errors=True)
         tmp.rename(entry)
+        shutil.rmtree(work, ignore_errors=True)
         return entry / "model", {**summary, "weights": _weights_sha(entry / "model")}, False
     summary = json.loads((entry / "sft_summary.json").read_text(encoding="utf-8"))
     return entry / "model", {**summary, "weights": _weights_sha(entry / "model")}, True
+
+
+def rl_cache_key(cfg: PPOConfig, sft_dir: Path, dataset_hash: str) -> str:
+    """What an RL model is a function of: its config, the SFT weights it starts from, the data, the code."""
+    digest = hashlib.sha256(cfg.model_dump_json().encode())
+    digest.update(json.dumps(models.read_manifest(sft_dir)["weights"], sort_keys=True).encode())
+    digest.update(dataset_hash.encode())
+    for rel in RL_CODE:
+        digest.update((REPO / rel).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_rl(cfg: PPOConfig, data: Path, sft_dir: Path, cache: Path) -> tuple[Path, bool]:
+    """(model dir, from cache): ppo.run into the cache, where a killed bench's run resumes from its own
+    checkpoints (every ppo.checkpoint_every steps) and a finished one is reused."""
+    out_dir = cache / "rl" / rl_cache_key(cfg, sft_dir, compose.load_manifest(data)["dataset_hash"])
+    model = out_dir / "model"
+    if (model / "mem1.json").is_file() and (model / ppo.HISTORY_FILE).is_file():
+        return model, True
+    return ppo.run(cfg, data, sft_dir, out_dir), False
+
+
+def rl_seconds(history: list[dict[str, float]]) -> float:
+    """An RL run's training time from its own per-step record (the held-out point before step 1, then
+    each step), so a resumed or cached run counts what it trained, not this process's share."""
+    return sum(
+        r.get("ppo/step_s", 0.0) + (r.get("ppo/heldout_s", 0.0) if r["step"] == 0 else 0.0) for r in history
+    )
 
 
 def _weights_sha(model_dir: Path) -> str:
@@ -342,6 +388,7 @@ class SeedRun:
     headroom: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
     sft: tuple[dict[str, Any], bool] = ({}, False)
+    rl_cached: dict[tuple[str, int], bool] = field(default_factory=dict)
 
 
 def _eval_setup(base: Any, data: Path) -> tuple[Any, Any, dict[int, list[Any]]]:
@@ -414,7 +461,7 @@ def run_seed(
         modes = {"sft.agent.mode": arm, "ppo.agent.mode": arm} if arm != "mem1" else {}
         acfg = load_config(config, {**overrides, "sft.seed": seed, "ppo.seed": seed, **modes})
         torch.manual_seed(seed)
-        sft_dir, summary, cached = cached_sft(acfg.sft, data, work / f"sft{sfx}_s{seed}", cache)
+        sft_dir, summary, cached = cached_sft(acfg.sft, data, cache)
         if arm == "mem1":
             out.sft = (summary, cached)
         out.times[f"sft{sfx}_s{seed}"] = float(summary["seconds"])
@@ -425,11 +472,11 @@ def run_seed(
         score(f"sft{sfx}", sft_dir, arm)
         for name, recipe in recipes.items():
             ppo_cfg = PPOConfig.model_validate({**acfg.ppo.model_dump(), **recipe})
-            t0 = time.perf_counter()
-            rl_dir = ppo.run(ppo_cfg, data, sft_dir, work / f"{name}{sfx}_s{seed}")
+            rl_dir, cached_rl_model = cached_rl(ppo_cfg, data, sft_dir, cache)
             key = f"{name}{sfx}"
-            out.times[f"{key}_s{seed}"] = time.perf_counter() - t0
+            out.rl_cached[(key, seed)] = cached_rl_model
             out.curves[(key, seed)] = json.loads((rl_dir / ppo.HISTORY_FILE).read_text(encoding="utf-8"))
+            out.times[f"{key}_s{seed}"] = rl_seconds(out.curves[(key, seed)])
             learning_curve(out.curves[(key, seed)], results_dir / f"learning_curve_{key}_s{seed}.png")
             score(key, rl_dir, arm)
     return out
@@ -472,6 +519,7 @@ def main(
     reading = {k: v for r in runs for k, v in r.reading.items()}
     headroom = {k: v for r in runs for k, v in r.headroom.items()}
     sft_info = {s: r.sft for s, r in zip(seeds, runs, strict=True)}
+    rl_cached = {k: v for r in runs for k, v in r.rl_cached.items()}
     RL = recipes
 
     model_names = ["untrained", *(f"{k}{arm_suffix(a)}" for a in arms for k in ("sft", *RL))]
@@ -603,9 +651,15 @@ def main(
         "Overrides of the config: " + ", ".join(f"`{k}={v}`" for k, v in overrides.items()),
         "",
         "SFT models: " + "; ".join(
-            f"seed {s} {'from the cache' if c else 'trained in this run'} ({sm['seconds']:.0f} s to train on "
+            f"seed {s} {'from the cache' if c else 'trained in this run'} ({sm['seconds']:.0f} s to train"
+            f"{' in its last, resumed attempt' if sm.get('resumed') else ''} on "
             f"{sm.get('machine', 'an unrecorded machine')}; weights sha256 {sm['weights']})"
             for s, (sm, c) in sft_info.items()
+        ) + ".",
+        "",
+        "RL models: " + "; ".join(
+            f"{k} seed {s} {'from the cache' if c else 'trained in this run'}"
+            for (k, s), c in rl_cached.items()
         ) + ".",
         "",
         "| model | seed | " + " | ".join(f"EM@{n}" for n in counts) + " | "
@@ -696,7 +750,7 @@ def main(
         "",
         "Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
         + f", total {results['learning_seconds_total']:.0f} (2 CPU cores; cached SFT models count the "
-        "time they took when trained).",
+        "time they took when trained, RL models the sum of their steps' times from their own history).",
         "",
     ]  # fmt: skip
     (results_dir / "learning.md").write_text("\n".join(lines), encoding="utf-8")

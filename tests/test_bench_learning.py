@@ -121,10 +121,16 @@ def test_bench_fails_and_still_writes_its_table_when_sft_is_not_above_untrained(
                        r"weights sha256 ([0-9a-f]{12})\)", table)  # fmt: skip
     assert [s for s, _, _ in first] == ["0", "1"], table
     # A rerun reuses both SFT models; different SFT settings would not.
-    with pytest.raises(BarMissed):
-        main(tmp_path, overrides=tiny, seeds=(0, 1), cache=cache, recipes=recipes)
+    with pytest.raises(BarMissed) as missed_again:
+        main(tmp_path, overrides=tiny, seeds=(0, 1), cache=cache, recipes=recipes, arms=("mem1", "full"))
     again = (tmp_path / "learning.md").read_text(encoding="utf-8")
     assert "seed 0 from the cache (" in again and f"weights sha256 {first[0][2]})" in again
+    # RL models too: the rerun trains nothing and finds the same curves and times
+    assert "gae seed 0 trained in this run" in table and "grpo seed 1 from the cache" in again
+    assert "trained in this run" not in again
+    assert len(list((cache / "rl").iterdir())) == 8  # 2 seeds x 2 modes x 2 estimators
+    rerun = missed_again.value.results
+    assert rerun["learning_seconds_grpo_s1"] == results["learning_seconds_grpo_s1"] > 0
     entries = list((cache / "sft").iterdir())
     assert len(entries) == 4  # 2 seeds x 2 memory modes
     # The teacher's turns are the same for both seeds and longer with the whole history in context.

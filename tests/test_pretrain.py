@@ -100,11 +100,14 @@ def test_sft_with_pretraining_is_bit_reproducible_for_a_seed(data_dir: Path, tmp
     one seed, one thread count, one machine give the same tokenizer and weights, bit for bit."""
     pre = {"steps": 4, "seq_len": 64, "batch_size": 4, "warmup_steps": 1}
     digests = []
-    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        sft.run(small_sft_config(epochs=0.3, pretrain=pre, seed=seed), data_dir, tmp_path / name)
+    for name, seed, every in (("a", 0, 0), ("b", 0, 0), ("c", 1, 0), ("d", 0, 2)):
+        cfg = small_sft_config(epochs=0.3, pretrain=pre, seed=seed, checkpoint_every=every)
+        sft.run(cfg, data_dir, tmp_path / name)
         digests.append(_fingerprint(tmp_path / name))
     assert digests[0] == digests[1], "two SFT runs of one seed differ"
     assert digests[2] != digests[0], "the seed does not reach the weights"
+    # checkpointing saves state and draws no random number: the learning bench's cache key leaves it out
+    assert digests[3] == digests[0], "checkpointing changed the weights"
 
 
 def test_pretraining_is_off_by_default(data_dir: Path, tmp_path: Path) -> None:
