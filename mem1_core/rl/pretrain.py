@@ -71,7 +71,7 @@ def run(
 
     stage = Path(out_dir) / "pretrain"
     done = Path(out_dir) / PRETRAIN_DONE
-    if (done / "summary.json").is_file():
+    if checkpoint_every and (done / "summary.json").is_file():
         load_model(model, str(done / "model.safetensors"))
         print(f"sft: pre-training finished in an earlier run; its weights from {done}")
         return json.loads((done / "summary.json").read_text(encoding="utf-8"))
@@ -108,7 +108,7 @@ def run(
         data_collator=_collate,
         callbacks=[log_callback(log, "pretrain")] if log else None,
     )
-    resume = latest_checkpoint(stage)
+    resume = latest_checkpoint(stage) if checkpoint_every else None  # checked against the run record
     if resume:
         print(f"sft: pre-training resumes from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)

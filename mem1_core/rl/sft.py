@@ -277,7 +277,7 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
         summary.update({f"pretrain_{k}": v for k, v in pre.items()})
     model.train()
     trainer = build_trainer(cfg, model, tokenizer, examples, out_dir, log, ds_config)
-    resume = trainer_resume.latest_checkpoint(out_dir / "trainer")
+    resume = trainer_resume.latest_checkpoint(out_dir / "trainer") if cfg.checkpoint_every else None
     if resume:
         print(f"sft: resumes from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
