@@ -76,31 +76,32 @@ def _history(out: Path) -> list[dict[str, float]]:
 TIMING = ("step_s", "rollout_s", "score_s", "update_tokens_per_s", "rollout_tokens_per_s")
 
 
+def _kill_when(cmd: list[str], ready: Path, log_path: Path) -> None:
+    """Run cmd and SIGKILL it as soon as `ready` exists (a later checkpoint may be half-written then)."""
+    with log_path.open("w") as log:
+        env = {**_env(), "PYTHONUNBUFFERED": "1"}  # what it printed before the kill reaches the log
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        deadline = time.monotonic() + 240
+        try:
+            while not ready.exists():
+                assert proc.poll() is None, f"it ended before it could be killed:\n{log_path.read_text()}"
+                assert time.monotonic() < deadline, f"no {ready} in time"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(30) == -signal.SIGKILL
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
 @pytest.mark.slow
 def test_ppo_survives_sigkill_and_resumes_without_gap_or_duplicate(
     assets: dict[str, Path], tmp_path: Path
 ) -> None:
     steps = 6
     out = tmp_path / "ppo"
-    log = (tmp_path / "killed.log").open("w")
-    proc = subprocess.Popen(
-        _ppo_cmd(assets, out, steps), stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO
-    )
     ckpts = out / "checkpoints"
-    deadline = time.monotonic() + 240
-    try:
-        while not (ckpts / "step_2").is_dir():
-            assert proc.poll() is None, (
-                f"ppo ended before it could be killed:\n{(tmp_path / 'killed.log').read_text()}"
-            )
-            assert time.monotonic() < deadline, "no checkpoint step_2 in time"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+    _kill_when(_ppo_cmd(assets, out, steps), ckpts / "step_2", tmp_path / "killed.log")
     assert not (out / "model").exists() and not (out / "metrics_history.json").exists(), "it did not finish"
     last = int(checkpoint.latest(out).name.split("_")[1])  # the newest complete checkpoint
     assert 2 <= last < steps
@@ -154,24 +155,6 @@ def _sft_cmd(assets: dict[str, Path], out: Path) -> list[str]:
     for k, v in sets.items():
         cmd += ["--set", f"{k}={v}"]
     return cmd
-
-
-def _kill_when(cmd: list[str], ready: Path, log_path: Path) -> None:
-    """Run cmd and SIGKILL it as soon as the file `ready` exists (a later checkpoint may be half-written)."""
-    with log_path.open("w") as log:
-        env = {**_env(), "PYTHONUNBUFFERED": "1"}  # what it printed before the kill reaches the log
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        deadline = time.monotonic() + 240
-        try:
-            while not ready.is_file():
-                assert proc.poll() is None, f"it ended before it could be killed:\n{log_path.read_text()}"
-                assert time.monotonic() < deadline, f"no {ready} in time"
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGKILL)
-            assert proc.wait(30) == -signal.SIGKILL
-        finally:
-            if proc.poll() is None:
-                proc.kill()
 
 
 @pytest.mark.slow
