@@ -82,10 +82,11 @@ RL_RECIPES: dict[str, dict[str, object]] = {
     "gae": {"advantage": "gae", "group_size": 1, "prompts_per_step": 128},
 }
 BAR_RECIPE = "grpo"  # the default estimator carries the bars
-# Memory modes trained and evaluated, each with the same recipe (SFT, then every RL recipe). "full" is the
-# paper's full-context baseline; its models are named with a "-full" suffix. Off by default: full-context
-# SFT on these 6,144 tasks is hours on 2 CPU cores (contexts grow every turn); MEM1_LEARNING_ARMS=mem1,full
-# runs it where there is time or a GPU.
+# Memory modes trained and evaluated: mem1 with SFT and every RL recipe, each other mode with SFT and the
+# bar recipe (the paper's comparison is one RL recipe in two modes; a second one would add ~1 h a seed on
+# 2 cores). "full" is the paper's full-context baseline; its models are named with a "-full" suffix. Off by
+# default: full-context SFT on these 6,144 tasks is hours on 2 CPU cores (contexts grow every turn);
+# MEM1_LEARNING_ARMS=mem1,full runs it where there is time or a GPU.
 ARMS = tuple(a.strip() for a in os.environ.get("MEM1_LEARNING_ARMS", "mem1").split(",") if a.strip())
 # Files whose change invalidates a cached SFT model (what builds the data, tokenizer, teacher and model).
 SFT_CODE = (
@@ -420,9 +421,9 @@ def run_seed(
     arms: tuple[str, ...] = ("mem1",),
     threads: int = 1,
 ) -> SeedRun:
-    """SFT (or its cached model), each RL recipe from it, and greedy evaluation of every model, for each
-    memory mode in `arms`; with `detail` also the untrained model, and for mem1 the teacher-forced slots
-    and the episode stages."""
+    """SFT (or its cached model), each of the mode's RL recipes (arm_recipes) from it, and greedy
+    evaluation of every model, for each memory mode in `arms`; with `detail` also the untrained model,
+    and for mem1 the teacher-forced slots and the episode stages."""
     torch.set_num_threads(threads)
     out = SeedRun()
     cfg = load_config(config, {**overrides, "sft.seed": seed, "ppo.seed": seed})
@@ -470,7 +471,7 @@ def run_seed(
             tiny = models.build_tiny_model(acfg.sft.model.tiny, tok, seed=acfg.sft.seed + 1)
             score("untrained", models.save_model(tiny, tok, work / f"untrained_s{seed}"))
         score(f"sft{sfx}", sft_dir, arm)
-        for name, recipe in recipes.items():
+        for name, recipe in arm_recipes(arm, recipes).items():
             ppo_cfg = PPOConfig.model_validate({**acfg.ppo.model_dump(), **recipe})
             rl_dir, cached_rl_model = cached_rl(ppo_cfg, data, sft_dir, cache)
             key = f"{name}{sfx}"
@@ -480,6 +481,11 @@ def run_seed(
             learning_curve(out.curves[(key, seed)], results_dir / f"learning_curve_{key}_s{seed}.png")
             score(key, rl_dir, arm)
     return out
+
+
+def arm_recipes(arm: str, recipes: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+    """The RL recipes a memory mode trains: mem1 every one, the others the bar recipe alone."""
+    return recipes if arm == "mem1" else {k: v for k, v in recipes.items() if k == BAR_RECIPE}
 
 
 def arm_suffix(arm: str) -> str:
@@ -522,7 +528,7 @@ def main(
     rl_cached = {k: v for r in runs for k, v in r.rl_cached.items()}
     RL = recipes
 
-    model_names = ["untrained", *(f"{k}{arm_suffix(a)}" for a in arms for k in ("sft", *RL))]
+    model_names = ["untrained", *(f"{k}{arm_suffix(a)}" for a in arms for k in ("sft", *arm_recipes(a, RL)))]
     counts = sorted(tasks)
     seeds_of = {k: [s for s in seeds if (k, s) in grid] for k in model_names}
 
@@ -594,7 +600,7 @@ def main(
             )
     for arm in arms[1:] if arms[:1] == ("mem1",) else ():  # each other mode beside mem1, model by model
         sfx = arm_suffix(arm)
-        for k in ("sft", *RL):
+        for k in ("sft", *arm_recipes(arm, RL)):
             other = f"{k}{sfx}"
             for n in (x for x in (gate, beyond) if x in counts):
                 peak = {m: mean([grid[(m, s)][n]["peak_tokens"] for s in seeds_of[m]]) for m in (k, other)}

@@ -103,6 +103,7 @@ def test_bench_fails_and_still_writes_its_table_when_sft_is_not_above_untrained(
     assert "grpo-full (trained and evaluated in mode full) vs grpo (mem1) at 8 objectives" in table
     assert results["learning_sft-full_n8_peak_tokens"] > 0 and results["learning_sft_n8_peak_tokens"] > 0
     assert (tmp_path / "learning_curve_grpo-full_s0.png").is_file()
+    assert "| gae-full |" not in table and "learning_gae-full_n8_em" not in results  # the bar recipe alone
     assert "does NOT hold" in table and "Fisher exact" in table and "paired sign-flip" in table
     # Every mem1 model is scored again over redrawn documents; trained ones also by what sampling finds.
     assert "Reading, not recall" in table and "| grpo | 1 |" in table
@@ -128,7 +129,7 @@ def test_bench_fails_and_still_writes_its_table_when_sft_is_not_above_untrained(
     # RL models too: the rerun trains nothing and finds the same curves and times
     assert "gae seed 0 trained in this run" in table and "grpo seed 1 from the cache" in again
     assert "trained in this run" not in again
-    assert len(list((cache / "rl").iterdir())) == 8  # 2 seeds x 2 modes x 2 estimators
+    assert len(list((cache / "rl").iterdir())) == 6  # 2 seeds x (mem1: 2 estimators, full: grpo alone)
     rerun = missed_again.value.results
     assert rerun["learning_seconds_grpo_s1"] == results["learning_seconds_grpo_s1"] > 0
     entries = list((cache / "sft").iterdir())
