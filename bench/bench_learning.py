@@ -279,14 +279,19 @@ def _pretrain_words(cfg: Any, summary: dict[str, float]) -> str:
     )
 
 
+def _with_code(digest: Any, files: tuple[str, ...]) -> str:
+    """A cache key: `digest` extended by the bytes of the code files the cached model depends on."""
+    for rel in files:
+        digest.update((REPO / rel).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def sft_cache_key(cfg: SFTConfig, dataset_hash: str) -> str:
     """What an SFT model is a function of: its config (seed included), the data and the building code.
     Not of sft.checkpoint_every: checkpoints leave the weights as they are (tests/test_pretrain.py)."""
     digest = hashlib.sha256(cfg.model_dump_json(exclude={"checkpoint_every"}).encode())
     digest.update(dataset_hash.encode())
-    for rel in SFT_CODE:
-        digest.update((REPO / rel).read_bytes())
-    return digest.hexdigest()[:16]
+    return _with_code(digest, SFT_CODE)
 
 
 def machine() -> str:
@@ -331,9 +336,7 @@ def rl_cache_key(cfg: PPOConfig, sft_dir: Path, dataset_hash: str) -> str:
     digest = hashlib.sha256(cfg.model_dump_json().encode())
     digest.update(json.dumps(models.read_manifest(sft_dir)["weights"], sort_keys=True).encode())
     digest.update(dataset_hash.encode())
-    for rel in RL_CODE:
-        digest.update((REPO / rel).read_bytes())
-    return digest.hexdigest()[:16]
+    return _with_code(digest, RL_CODE)
 
 
 def cached_rl(cfg: PPOConfig, data: Path, sft_dir: Path, cache: Path) -> tuple[Path, bool]:
