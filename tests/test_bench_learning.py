@@ -10,9 +10,14 @@ from pathlib import Path
 import pytest
 
 from bench.bar import BarMissed
-from bench.bench_learning import SLOTS, _slot, default_cache, main
+from bench.bench_learning import SLOTS, _slot, default_cache, episode_stages, main
 from bench.stats import fisher_greater, paired_greater
+from mem1_core.config import AgentConfig, ComposeConfig, WorldConfig
+from mem1_core.data import compose
+from mem1_core.envs.qa import tokenizer_texts
+from mem1_core.models import train_tokenizer
 from mem1_core.protocol.tags import DEFAULT_GRAMMAR as G
+from mem1_core.rl import sft
 
 
 def test_fisher_greater_matches_the_hypergeometric_tail() -> None:
@@ -181,12 +186,6 @@ def test_shop_bench_fails_and_still_writes_its_table_when_sft_is_not_above_rando
 
 
 def test_episode_stages_are_all_one_for_the_oracle_and_catch_a_lost_answer(tmp_path: Path) -> None:
-    from bench.bench_learning import episode_stages
-    from mem1_core.config import AgentConfig, ComposeConfig, WorldConfig
-    from mem1_core.data import compose
-    from mem1_core.envs.qa import tokenizer_texts
-    from mem1_core.models import train_tokenizer
-    from mem1_core.rl import sft
 
     data = tmp_path / "data"
     world = WorldConfig(n_people=40, n_films=12, n_cities=6, n_companies=6)
