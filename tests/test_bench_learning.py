@@ -186,7 +186,6 @@ def test_shop_bench_fails_and_still_writes_its_table_when_sft_is_not_above_rando
 
 
 def test_episode_stages_are_all_one_for_the_oracle_and_catch_a_lost_answer(tmp_path: Path) -> None:
-
     data = tmp_path / "data"
     world = WorldConfig(n_people=40, n_films=12, n_cities=6, n_companies=6)
     cfg = ComposeConfig(world=world, n_train_tasks=4, n_eval_tasks=3, eval_objectives=[2], hops=[1])
