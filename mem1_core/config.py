@@ -270,6 +270,20 @@ class PretrainConfig(StrictModel):
     warmup_steps: int = Field(50, ge=0)
 
 
+class LoRAConfig(StrictModel):
+    """Low-rank adapters (peft, through TRL's peft_config) instead of updating every weight.
+
+    The adapters are merged into the base weights before the model is saved, so every later step and
+    every consumer loads one plain model."""
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: int = Field(32, ge=1, description="scaling numerator: the update is scaled by alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | list[str] = Field(
+        "all-linear", description='"all-linear" (every linear layer but the LM head) or module names'
+    )
+
+
 class SFTConfig(StrictModel):
     """sft: the warm-up; teach the tag format on oracle-teacher trajectories (TRL SFTTrainer)."""
 
@@ -283,6 +297,12 @@ class SFTConfig(StrictModel):
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_seq_len: int = Field(1024, ge=16)
     warmup_ratio: float = Field(0.05, ge=0, le=1)
+    bf16: bool = Field(
+        False,
+        description="bf16 autocast over float32 master weights; needs CUDA or a CPU with bf16 matmul "
+        "kernels, and is refused elsewhere (on an AVX2-only CPU bf16 matmuls ran ~100x slower than float32)",
+    )
+    lora: LoRAConfig | None = Field(None, description="train low-rank adapters, merged before saving")
     deepspeed_config: str | None = Field(None, description="DeepSpeed JSON for the HF Trainer (CUDA only)")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     checkpoint_every: int = Field(
@@ -410,6 +430,11 @@ class EvalConfig(StrictModel):
     objectives: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])
     modes: list[str] = Field(default_factory=lambda: ["mem1", "full", "truncate:2"])
     n_tasks_per_objective: int = Field(16, ge=1)
+    baseline_objectives: list[int] | None = Field(
+        None,
+        description="objective counts at which the modes after the first (the baselines) run; default: "
+        "every count. A slow model can still show full context beside mem1 at one count past training",
+    )
 
     @field_validator("objectives")
     @classmethod

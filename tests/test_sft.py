@@ -105,3 +105,26 @@ def test_teacher_trajectories_need_a_real_base_model(data_dir: Path, tmp_path: P
     cfg = small_sft_config(teacher_trajectories=str(tmp_path / "t.jsonl"))
     with pytest.raises(ValueError, match="needs a real base_model"):
         sft.run(cfg, data_dir, tmp_path)
+
+
+def test_lora_run_saves_one_plain_merged_model(data_dir: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from mem1_core.models import load_model, read_manifest
+
+    cfg = small_sft_config(n_tasks=8, learning_rate=1e-2, lora={"r": 4, "alpha": 8})
+    model_dir = sft.run(cfg, data_dir, tmp_path)
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        names = list(f.keys())
+    assert names and not [n for n in names if "lora" in n], "adapters are merged, not saved beside"
+    model, _ = load_model(model_dir)
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+    assert read_manifest(model_dir)["extra"]["base"]["name"] == "tiny"
+
+
+def test_bf16_is_refused_where_it_has_no_fast_kernels(data_dir: Path, tmp_path: Path) -> None:
+    if sft.bf16_supported():
+        pytest.skip("this machine has bf16 matmul kernels (CUDA or a CPU with AVX-512 bf16 / AMX)")
+    with pytest.raises(ValueError, match="sft.bf16 is set, but this machine has no fast bf16 matmul"):
+        sft.run(small_sft_config(bf16=True), data_dir, tmp_path)
+    assert not (tmp_path / "model").exists()
