@@ -39,7 +39,7 @@ from mem1_core.data.sources import DataError
 from mem1_core.data.types import Document, Task
 from mem1_core.envs import domains
 from mem1_core.protocol.tags import DEFAULT_GRAMMAR, TagGrammar
-from mem1_core.rl import distributed, pretrain, trainer_resume
+from mem1_core.rl import distributed, pretrain, sft_mask, trainer_resume
 from mem1_core.rl.trainer_log import LogFn, log_callback
 
 
@@ -159,6 +159,7 @@ def build_trainer(
         optim=_optimizer_name(ds_config),
         bf16=cfg.bf16 or (cfg.model.dtype == "bfloat16" and torch.cuda.is_available()),
         dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         deepspeed=ds_config,  # ZeRO under torchrun; the Trainer fills the config's "auto"s
         accelerator_config={"use_configured_state": _cpu_deepspeed_state(ds_config)},
         **trainer_resume.save_args(cfg.checkpoint_every),
@@ -315,6 +316,17 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
         )
         print(f"sft: pre-training {json.dumps(pre)}")
         summary.update({f"pretrain_{k}": v for k, v in pre.items()})
+    model_dir = out_dir / "model"
+    extra = {"sft": summary, models.BASE_KEY: _base_of(cfg)}
+    if cfg.trainer == "mem1_mask":
+        trained, result = sft_mask.train(
+            cfg, model, trajs, int(tokenizer.pad_token_id), out_dir, _peft_config(cfg), log
+        )
+        summary.update(result)
+        models.save_model(trained, tokenizer, model_dir, grammar, extra)
+        (out_dir / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        trainer_resume.finish(out_dir)
+        return model_dir
     model.train()
     trainer = build_trainer(cfg, model, tokenizer, examples, out_dir, log, ds_config)
     resume = trainer_resume.latest_checkpoint(out_dir / "trainer") if cfg.checkpoint_every else None
@@ -324,10 +336,8 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
     summary["train_loss"] = float(result.training_loss)
     summary["steps"] = int(result.global_step)
     plugin = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
-    model_dir = out_dir / "model"
     with distributed.gathered([trainer.model], plugin is not None and plugin.zero_stage == 3):
         if trainer.is_world_process_zero():  # under torchrun only rank 0 writes the model
-            extra = {"sft": summary, models.BASE_KEY: _base_of(cfg)}
             models.save_model(merged(trainer.model).eval(), tokenizer, model_dir, grammar, extra)
             (out_dir / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
             trainer_resume.finish(out_dir)

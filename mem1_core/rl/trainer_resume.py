@@ -80,4 +80,5 @@ def finish(out_dir: Path) -> None:
         for ckpt in stage.glob("checkpoint-*"):
             shutil.rmtree(ckpt, ignore_errors=True)
     shutil.rmtree(out_dir / PRETRAIN_DONE, ignore_errors=True)
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # sft.trainer mem1_mask's (rl.checkpoint)
     (out_dir / RUN_FILE).unlink(missing_ok=True)
