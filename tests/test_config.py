@@ -144,3 +144,14 @@ def test_errors_under_an_old_key_still_name_its_line(tmp_path: Path) -> None:
         pytest.raises(ConfigError, match=rf"{old}:4: register\.gate_objectives"),
     ):
         load_config(old)
+
+
+def test_baselines_can_run_at_fewer_objective_counts() -> None:
+    from mem1_core.config import EvalConfig
+
+    cfg = EvalConfig(objectives=[1, 2, 4], modes=["mem1", "full"], baseline_objectives=[4])
+    cells = [(m, n) for m in cfg.modes for n in cfg.objectives if cfg.runs_cell(m, n)]
+    assert cells == [("mem1", 1), ("mem1", 2), ("mem1", 4), ("full", 4)]
+    assert all(EvalConfig(modes=["mem1", "full"]).runs_cell("full", n) for n in (1, 2, 4, 8, 16))
+    with pytest.raises(ValueError, match=r"baseline_objectives \[8\] are not in objectives \[1, 2\]"):
+        EvalConfig(objectives=[1, 2], baseline_objectives=[8])

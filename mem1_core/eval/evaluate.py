@@ -159,6 +159,8 @@ def run(
     for mode in cfg.modes:
         agent = cfg.agent.model_copy(update={"mode": mode})
         for n, tasks in chosen.items():
+            if not cfg.runs_cell(mode, n):
+                continue
             env_factory = domains.env_factory_for(
                 domain, data_dir, agent, grammar, backend=backend, catalog=catalog
             )
