@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
 CONFIG ?= configs/local-tiny.yaml
+# the demo: a real pretrained LM (SmolLM2-135M-Instruct from a PyPI wheel); CONFIG stays the tiny model
+DEMO_CONFIG ?= configs/local-smollm2.yaml
 REGISTRY ?= ghcr.io/mem1-pipelines
 TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 PLATFORMS ?= linux/amd64
@@ -54,8 +56,8 @@ test: setup postgres  ## lint, then the whole test suite (CPU, no network; insta
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
-demo: setup  ## the whole pipeline locally (kfp.local, MLflow on SQLite, tiny model)
-	$(VENV)/bin/mem1 pipeline local --config $(CONFIG)
+demo: setup  ## the whole pipeline locally (kfp.local, MLflow on SQLite, SmolLM2-135M-Instruct)
+	$(VENV)/bin/mem1 pipeline local --config $(DEMO_CONFIG)
 
 bench: setup  ## benchmarks; results in bench/results/ and logged to MLflow
 	$(PY) -m bench.run_all
