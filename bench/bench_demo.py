@@ -42,7 +42,7 @@ CONFIG = "configs/local-smollm2.yaml"
 BARS = {"demo_em_n1": 0.5, "demo_em_n2": 0.3}
 MAX_SECONDS, MAX_LINES, MAX_GAP = 15 * 60, 80, 1e-4
 GAP_MODES = ["mem1", "full", "truncate:2"]
-GAP_TASKS = 12
+GAP_TASKS = 8
 
 
 def run_demo(clone: Path) -> tuple[float, list[str]]:
@@ -151,7 +151,7 @@ def main(results_dir: Path) -> dict[str, float]:
         "",
         "Full context beside mem1: "
         + ", ".join(
-            f"EM@{r['objectives']} {r['em']:.3f} (peak {r['peak_tokens_mean']:.0f} tokens)" for r in full
+            f"EM@{r['objectives']} {r['em']:.3f} (peak {r['peak_tokens']:.0f} tokens)" for r in full
         ),
         "",
         "Log-prob gap per mode (sampled rollouts of 3+ turns, temperature 1, float32):",

@@ -454,6 +454,12 @@ class EvalConfig(StrictModel):
         description="objective counts at which the modes after the first (the baselines) run; default: "
         "every count. A slow model can still show full context beside mem1 at one count past training",
     )
+    baseline_tasks: int | None = Field(
+        None,
+        ge=1,
+        description="tasks per cell at baseline_objectives, in every mode (the same tasks, so the modes "
+        "compare on equal ground); default n_tasks_per_objective. Full context is the costly cell",
+    )
 
     @field_validator("objectives")
     @classmethod
@@ -478,6 +484,11 @@ class EvalConfig(StrictModel):
         """Whether the grid evaluates this (mode, objective count) cell."""
         first = mode == self.modes[0]
         return first or self.baseline_objectives is None or objectives in self.baseline_objectives
+
+    def tasks_in_cell(self, objectives: int) -> int:
+        """How many of the selected tasks a cell at this objective count runs."""
+        at_baseline = self.baseline_objectives is not None and objectives in self.baseline_objectives
+        return self.baseline_tasks if at_baseline and self.baseline_tasks else self.n_tasks_per_objective
 
 
 class RegisterConfig(StrictModel):

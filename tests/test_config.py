@@ -153,5 +153,8 @@ def test_baselines_can_run_at_fewer_objective_counts() -> None:
     cells = [(m, n) for m in cfg.modes for n in cfg.objectives if cfg.runs_cell(m, n)]
     assert cells == [("mem1", 1), ("mem1", 2), ("mem1", 4), ("full", 4)]
     assert all(EvalConfig(modes=["mem1", "full"]).runs_cell("full", n) for n in (1, 2, 4, 8, 16))
+    fewer = cfg.model_copy(update={"baseline_tasks": 8})
+    assert [fewer.tasks_in_cell(n) for n in (1, 2, 4)] == [16, 16, 8]
+    assert [cfg.tasks_in_cell(n) for n in (1, 2, 4)] == [16, 16, 16]
     with pytest.raises(ValueError, match=r"baseline_objectives \[8\] are not in objectives \[1, 2\]"):
         EvalConfig(objectives=[1, 2], baseline_objectives=[8])

@@ -161,6 +161,7 @@ def run(
         for n, tasks in chosen.items():
             if not cfg.runs_cell(mode, n):
                 continue
+            tasks = tasks[: cfg.tasks_in_cell(n)]
             env_factory = domains.env_factory_for(
                 domain, data_dir, agent, grammar, backend=backend, catalog=catalog
             )
