@@ -150,9 +150,7 @@ def main(results_dir: Path) -> dict[str, float]:
         f"Agent exchange: {exchange}",
         "",
         "Full context beside mem1: "
-        + ", ".join(
-            f"EM@{r['objectives']} {r['em']:.3f} (peak {r['peak_tokens']:.0f} tokens)" for r in full
-        ),
+        + ", ".join(f"EM@{r['objectives']} {r['em']:.3f} (peak {r['peak_tokens']:.0f} tokens)" for r in full),
         "",
         "Log-prob gap per mode (sampled rollouts of 3+ turns, temperature 1, float32):",
         "",
