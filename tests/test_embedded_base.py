@@ -3,6 +3,7 @@ once to safetensors with the same logits as the GGUF, and refused with one clear
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -47,6 +48,10 @@ def test_conversion_keeps_the_gguf_logits(tmp_path: Path) -> None:
     assert models.base_provenance(out)["license"] == "Apache-2.0"
     assert tokenizer.chat_template, "the instruct model's chat template must survive the conversion"
     assert [p.name for p in tmp_path.iterdir()] == ["converted"], "no temporary directory is left behind"
+    # plain weights: transformers alone loads them, no gguf package or quantization config involved
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    plain = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True)
+    assert next(plain.parameters()).dtype == torch.float32
 
 
 def test_named_base_resolves_to_one_cached_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
