@@ -17,6 +17,7 @@ Run: .venv/bin/python -m bench.run_all demo   (writes bench/results/demo.md)
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -45,6 +46,11 @@ GAP_MODES = ["mem1", "full", "truncate:2"]
 GAP_TASKS = 8
 
 
+def user_env() -> dict[str, str]:
+    """A new user's shell: the bench's own MLflow store (MLFLOW_TRACKING_URI) must not leak into the demo."""
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
 def run_demo(clone: Path) -> tuple[float, list[str]]:
     """The pipeline in the clone, as `make demo` runs it; (wall seconds, stdout lines)."""
     mem1 = REPO / ".venv" / "bin" / "mem1"
@@ -55,6 +61,7 @@ def run_demo(clone: Path) -> tuple[float, list[str]]:
         capture_output=True,
         text=True,
         check=False,
+        env=user_env(),
     )
     seconds = time.perf_counter() - t0
     if proc.returncode:
@@ -81,7 +88,9 @@ def agent_first_answer_right(clone: Path, lines: list[str], data_dir: Path) -> t
     command = next(
         line.strip() for k, line in enumerate(lines) if k and lines[k - 1].strip() == "ask the agent:"
     )
-    proc = subprocess.run(command, shell=True, cwd=clone, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        command, shell=True, cwd=clone, capture_output=True, text=True, check=False, env=user_env()
+    )
     answer = next((ln[len("answer: ") :] for ln in proc.stdout.splitlines() if ln.startswith("answer: ")), "")
     first_question = shlex.split(command)[shlex.split(command).index("--question") + 1]
     task = next(t for t in load_tasks(data_dir, "eval") if t.objectives[0].question == first_question)
