@@ -300,7 +300,8 @@ class SFTConfig(StrictModel):
     bf16: bool = Field(
         False,
         description="bf16 autocast over float32 master weights; needs CUDA or a CPU with bf16 matmul "
-        "kernels, and is refused elsewhere (on an AVX2-only CPU bf16 matmuls ran ~100x slower than float32)",
+        "kernels, and is refused elsewhere (on an AVX2-only CPU a bf16 training step ran 20x slower than "
+        "float32)",
     )
     lora: LoRAConfig | None = Field(None, description="train low-rank adapters, merged before saving")
     trainer: Literal["trl", "mem1_mask"] = Field(

@@ -4,7 +4,8 @@ Each turn of a teacher trajectory becomes (context ids, output ids) with loss on
 only: the same per-turn contexts a MEM1 rollout shows the model (prompt + last IS/action + last
 observation), built by the rollout loop from ids, so nothing is re-tokenised between collection and
 training. The examples go to TRL's SFTTrainer pre-tokenised (`input_ids` + `completion_mask`,
-`completion_only_loss=True`).
+`completion_only_loss=True`), or with `sft.trainer: mem1_mask` each whole trajectory goes through one
+stitched pass with the MEM1 mask (rl.sft_mask), which reads each task prompt once instead of once per turn.
 
 Teachers: the data dir's domain's scripted teacher (envs.domains: OracleTeacher on the QA environment
 with BM25 over the composed corpus, ShopOracleTeacher on the shop catalogue) run through agent.rollout,
@@ -187,8 +188,8 @@ def _check_bf16(cfg: SFTConfig) -> None:
     if cfg.bf16 and not bf16_supported():
         raise ConfigError(
             f"sft.bf16 is set, but this machine has no fast bf16 matmul (CPU capability "
-            f"{torch.backends.cpu.get_cpu_capability()}, no CUDA): bf16 would run about 20x slower than "
-            "float32 here; set sft.bf16 to false"
+            f"{torch.backends.cpu.get_cpu_capability()}, no CUDA): a training step would run about 20x "
+            "slower than in float32 here; set sft.bf16 to false"
         )
 
 
@@ -254,7 +255,8 @@ def _optimizer_name(ds_config: dict[str, Any] | None) -> str:
 
 
 def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None) -> Path:
-    """Collect teacher turns, train with TRL's SFTTrainer, save to out_dir/model; returns that dir."""
+    """Collect teacher turns, train (TRL's SFTTrainer, or the MEM1-mask trainer), save to out_dir/model
+    (LoRA adapters merged); returns that dir."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     _check_bf16(cfg)
     ds_config = _deepspeed_config(cfg)
