@@ -23,6 +23,7 @@ from mem1_core.data import shop_catalog as sc
 from mem1_core.data.sources import DataError, load_corpus_file, load_source
 from mem1_core.data.types import Document, Objective, QAItem, Task
 from mem1_core.data.world import build_world
+from mem1_core.embedded_base import sha256_file
 from mem1_core.protocol.scoring import normalize_answer
 
 SPLITS = ("train", "eval")
@@ -168,14 +169,6 @@ def _write_corpus(docs: list[Document], path: Path) -> None:
             fh.write(json.dumps(d.to_dict(), ensure_ascii=False) + "\n")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def compose_shop(cfg: ComposeConfig) -> tuple[Any, list[Task], list[Task], int]:
     """(catalogue, train tasks, eval tasks, number of goals) for the shop domain, deterministic in the
     seeds. Real WebShop files when `cfg.shop.products_path` is set, else the seeded catalogue; eval
@@ -235,7 +228,7 @@ def run(cfg: ComposeConfig, out_dir: Path) -> ComposeResult:
         catalog.save(out_dir / SHOP_FILE)
         names.append(SHOP_FILE)
 
-    files = {name: _sha256(out_dir / name) for name in names}
+    files = {name: sha256_file(out_dir / name) for name in names}
     dataset_hash = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in files.items()).encode()).hexdigest()
     train_q = {o.question for t in train for o in t.objectives}
     eval_q = {o.question for t in evals for o in t.objectives}
