@@ -92,7 +92,8 @@ def agent_first_answer_right(clone: Path, lines: list[str], data_dir: Path) -> t
         command, shell=True, cwd=clone, capture_output=True, text=True, check=False, env=user_env()
     )
     answer = next((ln[len("answer: ") :] for ln in proc.stdout.splitlines() if ln.startswith("answer: ")), "")
-    first_question = shlex.split(command)[shlex.split(command).index("--question") + 1]
+    words = shlex.split(command)
+    first_question = words[words.index("--question") + 1]
     task = next(t for t in load_tasks(data_dir, "eval") if t.objectives[0].question == first_question)
     first = answer.split(";")[0].strip()
     return bool(exact_match(first, task.objectives[0].answers)), f"{first_question} -> {answer!r}"

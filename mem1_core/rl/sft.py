@@ -208,12 +208,6 @@ def _peft_config(cfg: SFTConfig) -> Any:
     )
 
 
-def merged(model: Any) -> Any:
-    """The plain model a LoRA run trained: adapters folded into the weights (a no-op without LoRA)."""
-    merge = getattr(model, "merge_and_unload", None)
-    return merge() if callable(merge) else model
-
-
 def _deepspeed_config(cfg: SFTConfig) -> dict[str, Any] | None:
     """The step's DeepSpeed config, made CPU-safe where there is no CUDA, with DeepSpeed's collectives
     joined first (gloo on CPU ranks; left to accelerate, DeepSpeed's CPU default would be oneCCL)."""
@@ -325,9 +319,7 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
             cfg, model, trajs, int(tokenizer.pad_token_id), out_dir, _peft_config(cfg), log
         )
         summary.update(result)
-        models.save_model(trained, tokenizer, model_dir, grammar, extra)
-        (out_dir / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        trainer_resume.finish(out_dir)
+        _save(trained, tokenizer, out_dir, grammar, extra)
         return model_dir
     model.train()
     trainer = build_trainer(cfg, model, tokenizer, examples, out_dir, log, ds_config)
@@ -340,11 +332,17 @@ def run(cfg: SFTConfig, data_dir: Path, out_dir: Path, log: LogFn | None = None)
     plugin = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
     with distributed.gathered([trainer.model], plugin is not None and plugin.zero_stage == 3):
         if trainer.is_world_process_zero():  # under torchrun only rank 0 writes the model
-            models.save_model(merged(trainer.model).eval(), tokenizer, model_dir, grammar, extra)
-            (out_dir / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-            trainer_resume.finish(out_dir)
+            _save(sft_mask.merged(trainer.model).eval(), tokenizer, out_dir, grammar, extra)
     trainer.accelerator.wait_for_everyone()
     return model_dir
+
+
+def _save(model: Any, tokenizer: Any, out_dir: Path, grammar: TagGrammar, extra: dict[str, Any]) -> None:
+    """The trained model to out_dir/model, its summary beside it; then the checkpoints are dropped."""
+    models.save_model(model, tokenizer, out_dir / "model", grammar, extra)
+    summary = json.dumps(extra["sft"], indent=2) + "\n"
+    (out_dir / "sft_summary.json").write_text(summary, encoding="utf-8")
+    trainer_resume.finish(out_dir)
 
 
 def _base_of(cfg: SFTConfig) -> dict[str, Any]:

@@ -44,6 +44,12 @@ def with_adapters(model: Any, peft_config: Any) -> tuple[Any, Any]:
     return wrapped, wrapped.base_model.model
 
 
+def merged(model: Any) -> Any:
+    """The plain model a LoRA run trained: adapters folded into the weights (a no-op without LoRA)."""
+    merge = getattr(model, "merge_and_unload", None)
+    return merge() if callable(merge) else model
+
+
 def batches(n: int, batch_size: int, epochs: float, seed: int) -> list[list[int]]:
     """Every optimizer step's trajectory indices, fixed by the seed, so a resumed run takes the same ones."""
     rng = random.Random(seed)
@@ -112,8 +118,7 @@ def train(
             state = {"step": step + 1, "opt": opt.state_dict(), "sched": sched.state_dict()}
             checkpoint.save(out_dir, step + 1, save_trainable, state, history)
     bar.close()
-    merge = getattr(saved, "merge_and_unload", None)
-    trained = merge() if callable(merge) else saved
+    trained = merged(saved)
     losses = [h["loss"] for h in history]
     return trained.eval(), {"train_loss": sum(losses) / max(len(losses), 1), "steps": len(plan)}
 
