@@ -306,6 +306,7 @@ def convert_gguf(gguf: Path, out_dir: Path, provenance: dict[str, Any]) -> Path:
         model.tie_weights()
         model.generation_config = loaded.generation_config
         save_model(model.eval(), tokenizer, tmp, DEFAULT_GRAMMAR, {BASE_KEY: provenance})
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a shared cache is read by other users too
         try:
             tmp.rename(out_dir)
         except OSError:  # another process finished the same conversion first; theirs is as good

@@ -58,6 +58,7 @@ def test_named_base_resolves_to_one_cached_directory(tmp_path: Path, monkeypatch
     monkeypatch.setenv(embedded_base.CACHE_ENV, str(tmp_path))
     first = models.resolve_base(NAME)
     assert Path(first) == tmp_path / f"{NAME}-{BASE.sha256[:16]}"
+    assert Path(first).stat().st_mode & 0o777 == 0o755, "readable by every user of a shared cache"
     stamp = (Path(first) / "model.safetensors").stat().st_mtime_ns
     assert models.resolve_base(NAME) == first
     assert (Path(first) / "model.safetensors").stat().st_mtime_ns == stamp, "converted once, then reused"
