@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mem1_core import tracking
+from mem1_core import orphan_runs, tracking
 from mem1_core.tracking import RunHandle, Tracker, is_local_uri
 
 
@@ -36,7 +36,8 @@ TAG_KFP_JOB = "mem1.kfp_job_id"
 def start_parent_run(
     tracking_uri: str, experiment: str, run_name: str, config: dict[str, Any], pipeline_job_id: str = ""
 ) -> str:
-    """Create the pipeline's parent MLflow run and leave it RUNNING; the exit handler closes it.
+    """Create the pipeline's parent MLflow run and leave it RUNNING; the exit handler closes it, and,
+    should the local driver that owns it die first, the next pipeline start (orphan_runs).
 
     (mem1_core.tracking's context manager closes the run on exit, but here the run must outlive this
     step: every later step nests under it, in other pods.)
@@ -47,6 +48,9 @@ def start_parent_run(
     params = tracking.flatten_params(config)
     tracking.validate_params(params)
     tags = {"mem1.kind": "pipeline", "mem1.git_commit": tracking.git_commit(), TAG_KFP_JOB: pipeline_job_id}
+    owner = os.environ.get(tracking.OWNER_ENV)
+    if owner:  # `mem1 pipeline local`'s process; on a cluster the exit handler alone closes the run
+        tags[tracking.TAG_OWNER] = owner
     run = tracker.call(
         lambda: tracker.client.create_run(tracker.experiment_id, run_name=run_name, tags=tags),
         f"creating the pipeline run {run_name!r}",
@@ -58,6 +62,16 @@ def start_parent_run(
         chunk = items[i : i + tracking.PARAMS_PER_BATCH]
         tracker.call(lambda c=chunk: tracker.client.log_batch(run_id, params=c), "logging pipeline params")
     return run_id
+
+
+def close_orphans(tracking_uri: str, experiment: str) -> None:
+    """Mark KILLED the RUNNING runs of this experiment whose owner is gone (a killed pipeline's parent
+    and step runs), printing one line when there were any: a new pipeline run starts with none left."""
+    closed = orphan_runs.close_orphans(
+        tracker_for(tracking_uri, experiment), [experiment], "found by a new pipeline run's prepare_run"
+    )
+    if closed:
+        print(orphan_runs.summary_line(closed), flush=True)
 
 
 def finish_parent_run(tracking_uri: str, pipeline_job_id: str, state: str) -> str | None:

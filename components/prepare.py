@@ -56,6 +56,7 @@ def prepare_run(
     uri = mlflow_runs.resolve_tracking_uri(cfg.tracking.tracking_uri or "")
     params = cfg.model_dump(mode="json")
     params["cluster"] = {"num_nodes": num_nodes, "gpus_per_node": gpus_per_node}
+    mlflow_runs.close_orphans(uri, experiment or cfg.tracking.experiment)
     parent = mlflow_runs.start_parent_run(
         uri, experiment or cfg.tracking.experiment, run_name, params, pipeline_job_id
     )

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "register": "register a trained model in MLflow behind the promotion gate",
     "agent": "answer a question with a registered model (models:/name@alias) or a local path",
     "pipeline": "compile, submit or run locally the Kubeflow pipeline",
+    "runs": "list MLflow runs left RUNNING by a process that died, and mark them KILLED",
 }
 
 

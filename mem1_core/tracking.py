@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import requests
 from pydantic import BaseModel
 
@@ -37,6 +40,13 @@ TAG_PARENT = "mlflow.parentRunId"
 # MLflow's own variables: a process that did not create a run logs to it by these (torchrun workers)
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 RUN_ID_ENV = "MLFLOW_RUN_ID"
+# Who owns a RUNNING run, so a run whose process died can be told from a live one (mem1_core.orphan_runs):
+# the owner process as host/pid/start-time, and a heartbeat renewed while it runs (for other hosts).
+TAG_OWNER = "mem1.owner"
+TAG_HEARTBEAT = "mem1.heartbeat"  # unix seconds of the owner's latest beat
+OWNER_ENV = "MEM1_RUN_OWNER"  # set by `mem1 pipeline local`: the driver process owns its pipeline's runs
+HEARTBEAT_ENV = "MEM1_HEARTBEAT_S"
+HEARTBEAT_S = 60.0
 
 # Substrings of errors worth retrying: the server is down, restarting, overloaded, or SQLite is busy.
 _TRANSIENT_MARKERS = (
@@ -70,6 +80,7 @@ class RetryPolicy:
     max_delay: float = 8.0
 
 
+
 def is_transient(exc: BaseException) -> bool:
     """True for errors a retry can fix (connection refused/reset, timeouts, HTTP 5xx, SQLite busy)."""
     if isinstance(exc, ConnectionError | TimeoutError):
@@ -100,6 +111,45 @@ def call_with_retry(fn: Callable[[], T], *, what: str, uri: str, policy: RetryPo
             time.sleep(delay)
             delay = min(delay * 2, policy.max_delay)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def process_owner(pid: int | None = None) -> str:
+    """host/pid/start-time of a process (this one by default): the pid alone could be reused."""
+    proc = psutil.Process(pid or os.getpid())
+    return f"{socket.gethostname()}/{proc.pid}/{proc.create_time():.2f}"
+
+
+def run_owner() -> str:
+    """The owner of runs this process opens: the process named by MEM1_RUN_OWNER, else this one."""
+    return os.environ.get(OWNER_ENV) or process_owner()
+
+
+class Heartbeat:
+    """Renews TAG_HEARTBEAT on a run every `interval` seconds on a daemon thread while the run is open.
+
+    Why: a process on another host (the next pipeline's first step) cannot ask whether a pod's process
+    still lives, but it can see the beats stop. Best effort: one call per beat, errors ignored, so a
+    tracking server that is down costs a beat, not the step.
+    """
+
+    def __init__(self, client: Any, run_id: str, interval: float | None = None) -> None:
+        self.client, self.run_id = client, run_id
+        self.interval = interval or float(os.environ.get(HEARTBEAT_ENV) or HEARTBEAT_S)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id[:8]}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            with suppress(Exception):
+                self.client.set_tag(self.run_id, TAG_HEARTBEAT, str(int(time.time())))
 
 
 def _short(e: BaseException, limit: int = 400) -> str:
@@ -268,7 +318,8 @@ class Tracker:
         tags: Mapping[str, str] | None = None,
     ) -> Iterator[RunHandle]:
         """The parent run of one pipeline run: the whole config as params and as an artifact."""
-        all_tags = {"mem1.kind": "pipeline", "mem1.git_commit": git_commit(), **(tags or {})}
+        all_tags = {"mem1.kind": "pipeline", "mem1.git_commit": git_commit(), TAG_OWNER: run_owner()}
+        all_tags.update(tags or {})
         with self._run(name, config, all_tags, parent_run_id=None) as handle:
             self.call(
                 lambda: self.client.set_tag(handle.run_id, TAG_PIPELINE_RUN, handle.run_id),
@@ -319,6 +370,8 @@ class Tracker:
         else:
             experiment_id = self.experiment_id
 
+        str_tags.setdefault(TAG_OWNER, process_owner())
+        str_tags[TAG_HEARTBEAT] = str(int(time.time()))
         run = self.call(
             lambda: self.client.create_run(experiment_id, run_name=name, tags=str_tags),
             f"creating run {name!r}",
@@ -337,7 +390,8 @@ class Tracker:
             self._terminate(run_id, "FAILED")
             raise
         try:
-            yield handle
+            with Heartbeat(self.client, run_id):
+                yield handle
         except KeyboardInterrupt:
             self._terminate(run_id, "KILLED")
             raise

@@ -6,7 +6,8 @@ import json
 import os
 import sys
 import time
-from contextlib import redirect_stderr, redirect_stdout
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,7 +18,8 @@ from kfp import compiler, local
 from components.images import Images
 from mem1_core.config import PipelineConfig, load_config, warn_renamed
 from mem1_core.data.compose import load_tasks
-from mem1_core.tracking import default_tracking_uri, resolve_tracking_uri
+from mem1_core.orphan_runs import close_orphans, summary_line
+from mem1_core.tracking import OWNER_ENV, Tracker, default_tracking_uri, process_owner, resolve_tracking_uri
 from pipelines.local_output import StepLog, Summary, display_dir
 from pipelines.mem1_pipeline import PIPELINE_NAME, RENAMED_PARAMETERS, ClusterOptions, build_pipeline
 
@@ -107,6 +109,10 @@ def run_local(
     log_path = run_dir / "logs" / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    experiment = config.tracking.experiment
+    closed = close_orphans(Tracker(uri, experiment), [experiment], "found by `mem1 pipeline local`")
+    if closed:
+        print(summary_line(closed), file=console, flush=True)
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(run_dir / "kfp"),
@@ -118,7 +124,7 @@ def run_local(
     local_cluster = ClusterOptions(request_accelerators=False, retries=0)
     pipeline = build_pipeline(Images(base="python-local", trainer="python-local"), local_cluster, config)
     print(f"running the pipeline locally; full log: {log_path}", file=console, flush=True)
-    with log_path.open("w", encoding="utf-8") as log:
+    with log_path.open("w", encoding="utf-8") as log, _owned_by_this_process():
         steps = StepLog(log, console, run_dir / "kfp")
         try:
             with redirect_stdout(steps), redirect_stderr(steps):
@@ -168,6 +174,21 @@ def run_local(
         questions=_sample_questions(run_dir / "kfp", config.register.gate_objectives),
     )
     return LocalResult(run_dir, uri, outputs, eval_dir, table, registered, summary)
+
+
+@contextmanager
+def _owned_by_this_process() -> Iterator[None]:
+    """The pipeline's parent run is owned by this process (the step subprocesses inherit the variable):
+    if it dies, the next start finds the run's owner gone and marks it KILLED."""
+    before = os.environ.get(OWNER_ENV)
+    os.environ[OWNER_ENV] = process_owner()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(OWNER_ENV, None)
+        else:
+            os.environ[OWNER_ENV] = before
 
 
 def _latest(root: Path, name: str) -> Path | None:

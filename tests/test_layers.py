@@ -26,6 +26,7 @@ LAYERS: tuple[str, ...] = (
     "pipelines",  # wiring only: the KFP pipeline, compile / submit / local
     "components",  # one KFP component per step, and what runs inside a pod (launch, jobs)
     "mem1_core.registry",  # the MLflow edge: gate, pyfunc agent, aliases
+    "mem1_core.orphan_runs",  # RUNNING runs whose process died: found by owner tags, marked KILLED
     "mem1_core.tracking",
     "mem1_core.eval",  # the grid over objectives x modes, tables, plots
     "mem1_core.rl",  # stitching, the mask, SFT, PPO/GRPO
