@@ -10,11 +10,15 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from components import pod_env
 from components.mlflow_runs import nested_run
 from components.trainjob import run_distributed_step
+from components.workdir import open_workdir
 from components.worker import step_command, write_step_config
 from mem1_core.config import PPOConfig, SFTConfig, parse_section
 from mem1_core.rl.trainer_log import LogFn
+
+TAG_REUSED = "mem1.reused_model"  # on a step run that reused the model of an earlier run with its inputs
 
 
 def copy_dir(src: str | Path, dst: str | Path) -> Path:
@@ -88,27 +92,45 @@ def train_step(
 ) -> tuple[str, dict[str, float]]:
     """The body of the sft and ppo components: `train` inside a nested MLflow run named `kind`.
 
-    The trained model is copied into the component's output path `out_model` (its work dir is next
-    to it). Returns the MLflow run id and the last value of every metric, for the KFP Metrics output:
-    logged here in one process; under torchrun or a job, rank 0 of the workers logs them to the run
-    and they are read back from it.
+    The trained model is copied into the component's output path `out_model`. The step works in a
+    folder keyed by its inputs under MEM1_CHECKPOINT_ROOT (components.workdir), so a rerun after a
+    kill resumes from the checkpoints there and a rerun of a finished step reuses its model; without
+    that variable, in a folder next to `out_model`.
+
+    Returns the MLflow run id and the last value of every metric, for the KFP Metrics output: logged
+    here in one process; under torchrun or a job, rank 0 of the workers logs them to the run and they
+    are read back from it.
     """
     # heavy (torch, matplotlib): loaded only inside a training pod, not where the pipeline is compiled
     from mem1_core.eval.plots import learning_curve
     from mem1_core.rl.ppo import HISTORY_FILE
 
-    work = Path(out_model).parent / f"{kind}-work"
+    root = os.environ.get(pod_env.CHECKPOINT_ROOT)
+    workdir = open_workdir(Path(root), kind, section, data_dir, model_dir) if root else None
+    work = workdir.path if workdir else Path(out_model).parent / f"{kind}-work"
     with nested_run(tracking_uri, parent_run_id, kind, json.loads(section)) as run:
-        last: dict[str, float] = {}
+        done = workdir.finished() if workdir else None
+        if done is not None:  # a rerun of a finished step: its model and metrics, not the work again
+            run.set_tags({TAG_REUSED: str(done.model)})
+            run.log(done.metrics, done.step)
+            out, last, last_step = done.model, dict(done.metrics), done.step
+        else:
+            last, last_step = {}, 0
 
-        def log(values: dict[str, float], step_index: int) -> None:
-            last.update(values)
-            run.log(values, step_index)
+            def log(values: dict[str, float], step_index: int) -> None:
+                nonlocal last_step
+                last.update(values)
+                last_step = max(last_step, int(step_index))
+                run.log(values, step_index)
 
-        env = run.worker_env()
-        out = train(kind, section, data_dir, work, model_dir, log, num_nodes, gpus_per_node, launcher, env)
-        if not last:  # the workers (torchrun, a training job) logged to the run themselves
-            last = run.last_metrics()
+            env = run.worker_env()
+            out = train(
+                kind, section, data_dir, work, model_dir, log, num_nodes, gpus_per_node, launcher, env
+            )
+            if not last:  # the workers (torchrun, a training job) logged to the run themselves
+                last = run.last_metrics()
+            if workdir:
+                workdir.mark_done(out, last, last_step)
         history = out / HISTORY_FILE
         if history.is_file():  # PPO: its learning curve beside the step's metrics
             rows = json.loads(history.read_text(encoding="utf-8"))

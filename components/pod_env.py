@@ -10,6 +10,9 @@ NAMESPACE = "MEM1_NAMESPACE"  # the pod's namespace (downward API): where the jo
 TRAINER_IMAGE = "MEM1_TRAINER_IMAGE"
 WORKSPACE = "MEM1_WORKSPACE"  # mount path of the volume the pod and the job's workers share
 WORKSPACE_PVC = "MEM1_WORKSPACE_PVC"
+# where sft and ppo keep their checkpoints across pipeline runs, keyed by their inputs (components.workdir):
+# the workspace volume on a cluster, the run dir locally; unset, a step works in its own output folder
+CHECKPOINT_ROOT = "MEM1_CHECKPOINT_ROOT"
 GPU_NODE_SELECTOR = "MEM1_GPU_NODE_SELECTOR"  # JSON object
 GPU_TOLERATIONS = "MEM1_GPU_TOLERATIONS"  # JSON list
 MLFLOW_SECRET = "MEM1_MLFLOW_SECRET"

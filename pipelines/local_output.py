@@ -22,6 +22,9 @@ from typing import Any, TextIO
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
 _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
+# what a training step says about its keyed work dir (components.workdir): shown, since it says whether
+# a rerun resumed, reused a finished model, or started clean and why
+_WORKDIR = re.compile(r"\b((?:sft|ppo): (?:starting clean|resuming|finished in an earlier run) .*)")
 
 
 def _num(meta: Mapping[str, Any], key: str) -> float | None:
@@ -106,6 +109,9 @@ class StepLog(io.TextIOBase):
             if self.tty:  # one line that the step's result overwrites
                 self.console.write(f"  ...     {m.group(1):<16} running")
                 self.console.flush()
+        elif m := _WORKDIR.search(line):
+            self.console.write(("\r\x1b[K" if self.tty else "") + f"          {m.group(1)}\n")
+            self.console.flush()
         elif m := _END.search(line):
             task, status = m.group(1), m.group(2)
             seconds = time.monotonic() - self._started.get(task, time.monotonic())

@@ -50,6 +50,9 @@ class ClusterOptions:
     hf_secret: str = "mem1-hf-token"
     workspace_pvc: str = "mem1-workspace"
     workspace_mount: str = "/workspace"
+    # where sft and ppo keep checkpoints across runs, keyed by their inputs; "" means
+    # <workspace_mount>/checkpoints on the shared volume, where a rerun after a killed pod resumes
+    checkpoint_root: str = ""
     # False only for kfp.local, which ignores resources and cannot resolve parameter-valued
     # accelerator placeholders inside the exit-handler sub-DAG
     request_accelerators: bool = True
@@ -111,6 +114,7 @@ def _trainer_env(task: Any, cluster: ClusterOptions, images: Images) -> Any:
         pod_env.TRAINER_IMAGE: images.trainer,
         pod_env.WORKSPACE: cluster.workspace_mount,
         pod_env.WORKSPACE_PVC: cluster.workspace_pvc,
+        pod_env.CHECKPOINT_ROOT: cluster.checkpoint_root or f"{cluster.workspace_mount}/checkpoints",
         pod_env.GPU_NODE_SELECTOR: json.dumps(cluster.gpu_node_selector, sort_keys=True),
         pod_env.GPU_TOLERATIONS: json.dumps(tolerations, sort_keys=True),
         pod_env.MLFLOW_SECRET: cluster.mlflow_secret,

@@ -120,8 +120,11 @@ def run_local(
         cache_root=str(run_dir / "kfp" / ".cache"),
     )
     # The local images are this Python; the names only label the tasks.
-    # kfp.local ignores resources; retries would only replay a deterministic local failure
-    local_cluster = ClusterOptions(request_accelerators=False, retries=0)
+    # kfp.local ignores resources; retries would only replay a deterministic local failure.
+    # sft and ppo keep their checkpoints under the run dir, where a rerun after a kill finds them.
+    local_cluster = ClusterOptions(
+        request_accelerators=False, retries=0, checkpoint_root=str(run_dir / "checkpoints")
+    )
     pipeline = build_pipeline(Images(base="python-local", trainer="python-local"), local_cluster, config)
     print(f"running the pipeline locally; full log: {log_path}", file=console, flush=True)
     with log_path.open("w", encoding="utf-8") as log, _owned_by_this_process():

@@ -45,11 +45,12 @@ def _readable_state(path: Path) -> bool:
         return False
 
 
-def _first_difference(a: Any, b: Any, path: str = "") -> str:
+def first_difference(a: Any, b: Any, path: str = "") -> str:
+    """The first dotted field where two JSON-like values differ, as 'field: old then, new now'."""
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+                return first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
     return f"{path}: {a!r} then, {b!r} now"
 
 
@@ -63,7 +64,7 @@ def claim_out_dir(out_dir: Path, started_with: dict[str, Any]) -> bool:
         if before != started_with:
             raise ConfigError(
                 f"{path}: {out_dir} holds an unfinished run of another sft config or data set "
-                f"({_first_difference(before, started_with)}); resume it with the same settings, "
+                f"({first_difference(before, started_with)}); resume it with the same settings, "
                 "or use a new --out"
             )
         return True
