@@ -22,12 +22,16 @@ def resolve_tracking_uri(tracking_uri: str) -> str:
 
 
 def tracker_for(tracking_uri: str, experiment: str = "mem1") -> Tracker:
-    """A Tracker for a component; with SQLite, artifacts go next to the database (runs/mlartifacts)."""
+    """A Tracker for a component; with SQLite, artifacts go next to the database (runs/mlartifacts).
+
+    Its calls ride out a tracking server that is down for up to ~2 minutes (tracking.OUTAGE_RETRY): a
+    step that trains for hours should not fail because the server restarted.
+    """
     uri = resolve_tracking_uri(tracking_uri)
     artifacts = None
     if uri.startswith("sqlite:///") and is_local_uri(uri):
         artifacts = (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
-    return Tracker(uri, experiment, artifacts)
+    return Tracker(uri, experiment, artifacts, tracking.OUTAGE_RETRY)
 
 
 TAG_KFP_JOB = "mem1.kfp_job_id"

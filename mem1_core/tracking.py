@@ -14,6 +14,7 @@ import math
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -79,6 +80,16 @@ class RetryPolicy:
     initial_delay: float = 0.5
     max_delay: float = 8.0
 
+    def budget(self) -> float:
+        """Seconds slept between the attempts, in all: how long a server may be down and be ridden out."""
+        delays = (min(self.initial_delay * 2**i, self.max_delay) for i in range(self.attempts - 1))
+        return sum(delays)
+
+
+# What a pipeline step rides out: a tracking server restarting (pod rescheduled, upgrade, node drain)
+# for up to ~2 minutes (budget 127.5 s), then one clear error. A metric batch is built once, timestamp
+# included, so a batch retried after a lost answer is stored once (the store drops exact duplicates).
+OUTAGE_RETRY = RetryPolicy(attempts=20, initial_delay=0.5, max_delay=8.0)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -101,6 +112,13 @@ def call_with_retry(fn: Callable[[], T], *, what: str, uri: str, policy: RetryPo
         except Exception as e:
             if not is_transient(e):
                 raise
+            if attempt == 1:  # one line, so a stalled step says why it waits
+                print(
+                    f"mlflow: {uri} failed while {what} ({_short(e, 160)}); retrying for up to "
+                    f"{policy.budget():.0f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if attempt == policy.attempts:
                 waited = time.monotonic() - started
                 raise TrackingError(

@@ -29,14 +29,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(root: Path, backend_store_uri: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the server (SQLite under `root` unless `backend_store_uri` says otherwise) and wait on
-    /health; raise with its log if it never comes up."""
+def start_server(
+    root: Path, backend_store_uri: str | None = None, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the server (SQLite under `root` unless `backend_store_uri` says otherwise; on `port`, else a
+    free one, e.g. to restart it where its clients point) and wait on /health; raise with its log if it
+    never comes up."""
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     artifacts = root / "artifacts"
     artifacts.mkdir(exist_ok=True)
-    log = (root / "server.log").open("wb")
+    log = (root / "server.log").open("ab")
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     cmd = [
         str(mlflow_bin),
