@@ -55,6 +55,9 @@ def train(
     if kind == "ppo" and model_dir is None:
         raise ValueError("ppo needs the SFT model directory")
     if num_nodes > 1:
+        # a keyed work dir on the shared volume (the cluster's default) is where the workers resume
+        workspace = os.environ.get(pod_env.WORKSPACE)
+        on_volume = bool(workspace) and out_dir.resolve().is_relative_to(Path(str(workspace)).resolve())
         return run_distributed_step(
             kind=kind,
             section=section,
@@ -65,6 +68,7 @@ def train(
             gpus_per_node=gpus_per_node,
             launcher=launcher,
             worker_env=worker_env,
+            work_dir=out_dir if on_volume else None,
         )
     if gpus_per_node > 1:
         return _torchrun_single_node(kind, section, data_dir, model_dir, out_dir, gpus_per_node, worker_env)

@@ -327,8 +327,13 @@ def run_distributed_step(
     api: Any | None = None,
     environ: dict[str, str] | None = None,
     worker_env: Mapping[str, str] | None = None,
+    work_dir: Path | None = None,
 ) -> Path:
     """Stage inputs on the shared workspace, run the job, copy the trained model back to `out_dir`.
+
+    With `work_dir` (a folder on the workspace volume keyed by the step's inputs: components.workdir)
+    the workers write their checkpoints and the model there, so the job of a rerun after a kill resumes
+    from them, and the model is returned where it lies; without it, in a fresh folder of the stage.
 
     Cluster facts come from the environment the pipeline sets on the training tasks (components.pod_env:
     namespace, trainer image, workspace and its PVC, GPU node selector and tolerations). `worker_env`
@@ -343,7 +348,7 @@ def run_distributed_step(
     stage = Path(env[pod_env.WORKSPACE]) / name
     data_stage = Path(shutil.copytree(data_dir, stage / "data"))
     model_stage = Path(shutil.copytree(model_dir, stage / "model_in")) if model_dir is not None else None
-    out_stage = stage / "model_out"
+    out_stage = Path(work_dir) if work_dir is not None else stage / "model_out"
     config_path = write_step_config(kind, section, stage / f"{kind}.yaml")
     spec = JobSpec(
         name=name,
@@ -366,5 +371,7 @@ def run_distributed_step(
     trained = out_stage / "model"
     if not trained.is_dir():
         raise JobFailed(f"job {name} succeeded but wrote no model to {trained}")
+    if work_dir is not None:
+        return trained
     shutil.copytree(trained, out_dir, dirs_exist_ok=True)
     return out_dir

@@ -250,13 +250,15 @@ def test_outcome_ignores_false_conditions() -> None:
     assert job_outcome(obj, TRAINJOB) == (None, "Created:")
 
 
-def test_run_distributed_step_stages_workspace_and_copies_model_back(tmp_path: Path) -> None:
+@pytest.mark.parametrize("keyed", [False, True], ids=["fresh-stage", "keyed-work-dir"])
+def test_run_distributed_step_stages_workspace_and_copies_model_back(tmp_path: Path, keyed: bool) -> None:
     data, model_in, out = tmp_path / "data", tmp_path / "sft", tmp_path / "out"
     data.mkdir()
     (data / "train.parquet").write_bytes(b"x")
     model_in.mkdir()
     (model_in / "mem1.json").write_text("{}")
     workspace = tmp_path / "ws"
+    work_dir = workspace / "checkpoints" / "ppo" / "0123456789abcdef" if keyed else None
     environ = {
         "MEM1_NAMESPACE": "team-a",
         "MEM1_TRAINER_IMAGE": "img:1",
@@ -299,6 +301,7 @@ def test_run_distributed_step_stages_workspace_and_copies_model_back(tmp_path: P
             api=srv.api(),
             environ=environ,
             worker_env=run_env,
+            work_dir=work_dir,
         )
     body = srv.requests[0]["body"]
     validate_against_crd(body, TRAINJOB)
@@ -311,6 +314,8 @@ def test_run_distributed_step_stages_workspace_and_copies_model_back(tmp_path: P
     assert yaml.safe_load(Path(args[args.index("--config") + 1]).read_text()) == {"ppo": {"steps": 1}}
     assert body["spec"]["podTemplateOverrides"][0]["spec"]["nodeSelector"] == {"pool": "gpu"}
     assert (result / "model.safetensors").read_bytes() == b"weights"
+    if work_dir is not None:  # the workers wrote (and a rerun's job resumes) in the keyed folder
+        assert Path(args[args.index("--out") + 1]) == work_dir and result == work_dir / "model"
     # the step's MLflow run reaches the workers (where it lives wins over the ConfigMap's URI)
     env = {e["name"]: e for e in body["spec"]["trainer"]["env"]}
     assert {k: env[k]["value"] for k in run_env} == run_env
