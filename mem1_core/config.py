@@ -235,6 +235,13 @@ class AgentConfig(StrictModel):
     )
     temperature: float = Field(1.0, ge=0.0, description="0 = greedy")
     batch_size: int = Field(64, ge=1)
+    prefix_cache_tokens: int = Field(
+        32768,
+        ge=0,
+        description="key/value states of repeated prefixes (the prompt, a group's shared prompt, a "
+        "full-context turn's previous context) kept during a rollout so each is prefilled once; "
+        "at most this many tokens (SmolLM2-135M: 46 KB each in float32); 0 = off",
+    )
 
     @field_validator("mode")
     @classmethod

@@ -74,7 +74,8 @@ def _tasks(n: int) -> list[Task]:
 
 def _rollouts(smollm: tuple[Any, Any], mode: str, seed: int) -> tuple[list[Trajectory], list[AlwaysAnswers]]:
     model, tokenizer = smollm
-    policy = HFPolicy(model, tokenizer, temperature=1.0, batch_size=8, seed=seed)
+    # the engine as the trainers run it: prompt and previous-turn states reused from the prefix store
+    policy = HFPolicy(model, tokenizer, temperature=1.0, batch_size=8, seed=seed, prefix_cache_tokens=32768)
     envs: list[AlwaysAnswers] = []
 
     def factory(task: Task) -> AlwaysAnswers:

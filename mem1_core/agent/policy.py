@@ -10,15 +10,47 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
+from mem1_core.agent.prefix_cache import PrefixEntry, PrefixStore
 from mem1_core.agent.types import PolicyInput, PolicyOutput
 
 
 def _chunks(items: Sequence[int], size: int) -> list[list[int]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+@dataclass
+class _Prefill:
+    """A batch after its prefill: the cache, each row's last logits, attention mask and next position.
+
+    Row r's cache holds its base prefix in slots [P - p_r, P) and its new ids in [P + S - s_r, P + S)
+    (P, S the widest base and new parts); the mask marks exactly those slots.
+    """
+
+    cache: Any
+    logits: torch.Tensor
+    mask: torch.Tensor
+    next_pos: torch.Tensor
+    base_width: int
+    base_lens: list[int]
+    new_lens: list[int]
+
+    def row_states(self, r: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Row r's key and value states per layer, base then new ids: [heads, p_r + s_r, head_dim]."""
+        width, p_r, s_r = self.mask.shape[1], self.base_lens[r], self.new_lens[r]
+        keys, values = [], []
+        for layer in self.cache.layers:
+            for out, states in ((keys, layer.keys), (values, layer.values)):
+                row = states[r]
+                out.append(
+                    torch.cat([row[:, self.base_width - p_r : self.base_width], row[:, width - s_r :]], 1)
+                )
+        return keys, values
 
 
 class HFPolicy:
@@ -29,6 +61,10 @@ class HFPolicy:
     Nothing is masked out of that distribution, so an untrained model can emit eos or even the pad
     id; either ends its row and stays in the returned ids (they are what was sampled). Consumers
     must build attention masks from lengths, never from `ids != pad_id`.
+
+    With `prefix_cache_tokens` > 0 the leading `PolicyInput.prefix_len` ids of each row are
+    prefilled once per distinct prefix and their key/value states reused across rows and calls
+    (agent.prefix_cache); `clear_prefix_cache` must run whenever the weights change.
     """
 
     def __init__(
@@ -39,6 +75,7 @@ class HFPolicy:
         batch_size: int = 64,
         use_chat_template: bool = False,
         seed: int | None = None,
+        prefix_cache_tokens: int = 0,
     ) -> None:
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -61,6 +98,12 @@ class HFPolicy:
         self.pad_id = int(tokenizer.pad_token_id)
         eos = tokenizer.eos_token_id
         self.eos_ids = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
+        self.prefixes = PrefixStore(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
+
+    def clear_prefix_cache(self) -> None:
+        """Forget every stored prefix: their states belong to the weights that computed them."""
+        if self.prefixes is not None:
+            self.prefixes.clear()
 
     # -- text <-> ids -----------------------------------------------------------------------------
 
@@ -93,7 +136,8 @@ class HFPolicy:
         order = sorted(range(len(batch)), key=lambda i: len(batch[i].context_ids))
         results: dict[int, PolicyOutput] = {}
         for chunk in _chunks(order, self.batch_size):
-            outs = self._generate_ids([batch[i].context_ids for i in chunk], stop, max_new_tokens)
+            contexts = [batch[i].context_ids for i in chunk]
+            outs = self._generate_ids(contexts, [batch[i].prefix_len for i in chunk], stop, max_new_tokens)
             for i, (ids, logps) in zip(chunk, outs, strict=True):
                 results[i] = PolicyOutput(ids=ids, text=self.decode(ids), logprobs=logps)
         return [results[i] for i in range(len(batch))]
@@ -114,25 +158,101 @@ class HFPolicy:
         cache = getattr(out, "cache", None)
         return cache if cache is not None else out.past_key_values
 
+    def _extend(self, bases: list[PrefixEntry | None], news: list[list[int]]) -> _Prefill:
+        """One forward over each row's new ids on top of its stored base prefix (or none)."""
+        n = len(news)
+        base_lens = [len(b) if b is not None else 0 for b in bases]
+        new_lens = [len(x) for x in news]
+        width_p, width_s = max(base_lens), max(new_lens)
+        input_ids = torch.full((n, width_s), self.pad_id, dtype=torch.long)
+        positions = torch.zeros((n, width_s), dtype=torch.long)
+        mask = torch.zeros((n, width_p + width_s), dtype=torch.long)
+        for r, (p_r, new) in enumerate(zip(base_lens, news, strict=True)):
+            s_r = len(new)
+            input_ids[r, width_s - s_r :] = torch.tensor(new, dtype=torch.long)
+            positions[r, width_s - s_r :] = torch.arange(p_r, p_r + s_r)
+            mask[r, width_p - p_r : width_p] = 1
+            mask[r, width_p + width_s - s_r :] = 1
+        kwargs: dict[str, Any] = {}
+        if width_p > 0:
+            n_layers = len(next(b for b in bases if b is not None).keys)
+            kwargs[self._cache_arg] = DynamicCache(
+                ddp_cache_data=[
+                    (
+                        self._left_padded(bases, width_p, "keys", i),
+                        self._left_padded(bases, width_p, "values", i),
+                    )
+                    for i in range(n_layers)
+                ]
+            )
+        input_ids, positions, mask = (
+            input_ids.to(self.device),
+            positions.to(self.device),
+            mask.to(self.device),
+        )
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **kwargs,
+        )
+        next_pos = torch.tensor(
+            [[p + s] for p, s in zip(base_lens, new_lens, strict=True)], device=self.device
+        )
+        return _Prefill(
+            self._cache_of(out), out.logits[:, -1, :], mask, next_pos, width_p, base_lens, new_lens
+        )
+
+    def _left_padded(
+        self, bases: list[PrefixEntry | None], width: int, kind: str, layer: int
+    ) -> torch.Tensor:
+        """A layer's stored states of all rows, right-aligned in `width` slots: [rows, heads, width, dim]."""
+        ref = next(getattr(b, kind)[layer] for b in bases if b is not None)
+        states = torch.zeros(
+            (len(bases), ref.shape[0], width, ref.shape[2]), dtype=ref.dtype, device=self.device
+        )
+        for r, base in enumerate(bases):
+            if base is not None:
+                states[r, :, width - len(base) :] = getattr(base, kind)[layer]
+        return states
+
+    def _prefill(self, contexts: list[list[int]], prefix_lens: list[int]) -> _Prefill:
+        """Prefill the batch, reusing stored prefixes and storing the new ones first."""
+        store = self.prefixes
+        if store is None or not any(prefix_lens):
+            return self._extend([None] * len(contexts), contexts)
+        keys = [
+            tuple(ctx[: max(0, min(p, len(ctx) - 1))]) for ctx, p in zip(contexts, prefix_lens, strict=True)
+        ]
+        missing = sorted({k for k in keys if k and store.get(k) is None}, key=len)
+        if missing:
+            bases = [store.longest(k) for k in missing]
+            built = self._extend(
+                bases,
+                [list(k[len(b) if b is not None else 0 :]) for k, b in zip(missing, bases, strict=True)],
+            )
+            for r, key in enumerate(missing):
+                store.put(key, *built.row_states(r))
+            store.prefilled += sum(built.new_lens)
+            del built
+        entries = [store.get(k) if k else None for k in keys]
+        store.served += sum(len(k) for k in keys)
+        prefill = self._extend(entries, [ctx[len(k) :] for ctx, k in zip(contexts, keys, strict=True)])
+        store.evict(keep=set(keys))
+        return prefill
+
     @torch.no_grad()
     def _generate_ids(
-        self, contexts: list[list[int]], stop: list[str], max_new_tokens: int
+        self, contexts: list[list[int]], prefix_lens: list[int], stop: list[str], max_new_tokens: int
     ) -> list[tuple[list[int], list[float]]]:
         stop_ids, stop_texts = self._stop_matcher(stop)
         tail = max((len(s) for s in stop_texts), default=0) + 4  # tokens enough to spell any stop string
-        n, width = len(contexts), max(len(c) for c in contexts)
-        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for r, ctx in enumerate(contexts):
-            input_ids[r, width - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
-            mask[r, width - len(ctx) :] = 1
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
-        )
-        cache, logits = self._cache_of(out), out.logits[:, -1, :]
-        next_pos = mask.sum(-1, keepdim=True)
+        n = len(contexts)
+        prefill = self._prefill(contexts, prefix_lens)
+        cache, logits, mask, next_pos = prefill.cache, prefill.logits, prefill.mask, prefill.next_pos
+        del prefill
 
         gen: list[list[int]] = [[] for _ in range(n)]
         logps: list[list[float]] = [[] for _ in range(n)]

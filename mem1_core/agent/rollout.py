@@ -47,6 +47,21 @@ def build_context(
     return ids
 
 
+def shared_prefix_len(
+    context_len: int, prompt_len: int, history: list[tuple[list[int], list[int]]], keep: int | None
+) -> int:
+    """How many leading ids a turn's context shares with the previous turn's context plus output.
+
+    While no kept pair has been dropped yet (always in full context), that is the whole context but
+    the newest observation; once the window slides (mem1, truncate), only the prompt stays put.
+    """
+    if not history:
+        return prompt_len
+    if keep is None or len(history) <= keep:
+        return context_len - len(history[-1][1])
+    return prompt_len
+
+
 def final_info_metrics(info: dict[str, Any]) -> dict[str, float]:
     """The final step's numeric info as `env_<key>` (e.g. the shop's success rate `env_em`), so domain
     scores the trajectory fields do not carry survive into evaluation."""
@@ -103,14 +118,37 @@ def run_episodes(
         )
         episodes.append(_Episode(task, env, traj, prompt_ids, seconds=time.perf_counter() - t0))
 
+    clear = getattr(policy, "clear_prefix_cache", None)  # stored prefixes belong to the current weights
+    if callable(clear):
+        clear()
+    try:
+        _run_turns(episodes, policy, agent_cfg, keep, mode, progress)
+    finally:
+        if callable(clear):
+            clear()
+    for ep in episodes:
+        ep.traj.seconds = ep.seconds
+    return [ep.traj for ep in episodes]
+
+
+def _run_turns(
+    episodes: list[_Episode],
+    policy: Policy,
+    agent_cfg: AgentConfig,
+    keep: int | None,
+    mode: str,
+    progress: bool,
+) -> None:
     live = list(episodes)
     turn_index = 0
     bar = tqdm(total=len(episodes), desc=f"rollout {mode}", unit="episode", disable=not progress)
     while live:
         stops = sorted({s for ep in live for s in ep.env.stop_strings})
-        batch = [
-            PolicyInput(build_context(ep.prompt_ids, ep.history, keep), ep.task, turn_index) for ep in live
-        ]
+        batch = []
+        for ep in live:
+            context = build_context(ep.prompt_ids, ep.history, keep)
+            prefix = shared_prefix_len(len(context), len(ep.prompt_ids), ep.history, keep)
+            batch.append(PolicyInput(context, ep.task, turn_index, prefix_len=prefix))
         t0 = time.perf_counter()
         outputs = policy.generate(batch, stop=stops, max_new_tokens=agent_cfg.max_new_tokens)
         share = (time.perf_counter() - t0) / len(live)
@@ -147,6 +185,3 @@ def run_episodes(
         live = still
         turn_index += 1
     bar.close()
-    for ep in episodes:
-        ep.traj.seconds = ep.seconds
-    return [ep.traj for ep in episodes]

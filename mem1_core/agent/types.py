@@ -60,11 +60,17 @@ class Trajectory:
 
 @dataclass
 class PolicyInput:
-    """One pending generation. `task` lets a scripted teacher see gold answers; models ignore it."""
+    """One pending generation. `task` lets a scripted teacher see gold answers; models ignore it.
+
+    `prefix_len` says how many leading context ids this row shares with other rows or with an
+    earlier turn's context plus output (the prompt; in full context, the whole previous turn), so an
+    engine may prefill them once and reuse their key/value states; 0 promises nothing.
+    """
 
     context_ids: list[int]
     task: Task
     turn_index: int
+    prefix_len: int = 0
 
 
 @dataclass

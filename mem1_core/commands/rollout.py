@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
             model, tokenizer = load_model(args.model, cfg.sft.model)
             grammar = load_grammar(args.model)
             policy = HFPolicy(model, tokenizer, agent.temperature, agent.batch_size,
-                              cfg.sft.model.use_chat_template, seed=args.seed)  # fmt: skip
+                              cfg.sft.model.use_chat_template, seed=args.seed,
+                              prefix_cache_tokens=agent.prefix_cache_tokens)  # fmt: skip
 
         backend: Any = None
         if args.retrieval_url:

@@ -115,7 +115,13 @@ def _build_policy(
     model, tokenizer = load_model(model_dir, model_cfg)
     grammar = load_grammar(model_dir)
     policy = HFPolicy(
-        model, tokenizer, agent.temperature, agent.batch_size, model_cfg.use_chat_template, seed=0
+        model,
+        tokenizer,
+        agent.temperature,
+        agent.batch_size,
+        model_cfg.use_chat_template,
+        seed=0,
+        prefix_cache_tokens=agent.prefix_cache_tokens,
     )
     return policy, grammar
 

@@ -154,7 +154,13 @@ def answer_tasks(
 ) -> list[dict[str, Any]]:
     """Run the MEM1 loop (or a baseline mode) and summarise each episode; shared by pyfunc and CLI.
     QA searches `backend`; shop shops in `catalog` (envs.domains picks the environment)."""
-    policy = HFPolicy(model, tokenizer, temperature=agent.temperature, batch_size=agent.batch_size)
+    policy = HFPolicy(
+        model,
+        tokenizer,
+        temperature=agent.temperature,
+        batch_size=agent.batch_size,
+        prefix_cache_tokens=agent.prefix_cache_tokens,
+    )
     env_factory = domains.env_factory_for(domain, None, agent, grammar, backend=backend, catalog=catalog)
 
     trajectories = run_episodes(tasks, env_factory, policy, agent, mode=agent.mode)

@@ -371,7 +371,12 @@ class PPOTrainer:
     def _episodes(self, tasks: list[Any], temperature: float, seed: int) -> list[Any]:
         agent = self.cfg.agent
         policy = HFPolicy(
-            self.actor, self.tokenizer, temperature=temperature, batch_size=agent.batch_size, seed=seed
+            self.actor,
+            self.tokenizer,
+            temperature=temperature,
+            batch_size=agent.batch_size,
+            seed=seed,
+            prefix_cache_tokens=agent.prefix_cache_tokens,
         )
         self.actor.eval()
         whole = distributed.whole_for_generation(self.engines.get("actor"), self.zero3)
