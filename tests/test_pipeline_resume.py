@@ -112,3 +112,50 @@ def test_a_killed_pipeline_resumes_sft_and_ends_as_a_run_never_killed(tmp_path: 
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-6, f"the killed-and-resumed sft differs from a straight one by {worst}"
     print(f"rerun {rerun_s:.1f}s; max abs weight difference to a straight sft: {worst}")
+
+
+def test_the_work_dir_is_keyed_by_the_inputs_and_says_what_it_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Same inputs: the same folder (resume, then reuse once finished); other inputs: a new folder, and
+    one line naming what differs. No training: the folder logic alone."""
+    from mlflow_server import make_data_dir, make_model_dir
+
+    from components.workdir import open_workdir
+    from mem1_core.config import PPOConfig
+
+    data = make_data_dir(tmp_path / "data")
+    model = make_model_dir(tmp_path / "sft", data)
+    root = tmp_path / "checkpoints"
+    section = json.dumps(PPOConfig().model_dump(mode="json"), sort_keys=True)
+    capsys.readouterr()  # what building the assets printed
+
+    first = open_workdir(root, "ppo", section, data, model)
+    clean = f"ppo: starting clean in {first.path}: no earlier run with these inputs\n"
+    assert capsys.readouterr().out == clean
+    again = open_workdir(root, "ppo", section, data, model)
+    assert again.path == first.path
+    assert capsys.readouterr().out == f"ppo: resuming the earlier run with these inputs in {first.path}\n"
+
+    other = json.dumps(PPOConfig(steps=7).model_dump(mode="json"), sort_keys=True)
+    moved = open_workdir(root, "ppo", other, data, model)
+    assert moved.path != first.path
+    assert capsys.readouterr().out == (
+        f"ppo: starting clean in {moved.path}: the unfinished run in {first.path} had other inputs "
+        "(config.steps: 20 then, 7 now)\n"
+    )
+
+    (first.path / "model").mkdir()
+    (first.path / "model" / "mem1.json").write_text("{}")
+    first.mark_done(first.path / "model", {"ppo/reward": 0.5}, 3)
+    reused = open_workdir(root, "ppo", section, data, model).finished()
+    assert reused is not None and (reused.model, reused.metrics, reused.step) == (
+        first.path / "model",
+        {"ppo/reward": 0.5},
+        3,
+    )
+    assert capsys.readouterr().out.startswith("ppo: finished in an earlier run with these inputs; reusing ")
+
+    retrained = make_model_dir(tmp_path / "sft2", data, seed=1)  # another input model: another folder
+    assert open_workdir(root, "ppo", other, data, retrained).path not in (first.path, moved.path)
+    assert "had other inputs (model: " in capsys.readouterr().out

@@ -123,6 +123,8 @@ def test_sft_rides_out_a_killed_and_restarted_tracking_server(
         versions = client.search_model_versions("name = 'mem1-outage'")
         assert [v.version for v in versions] == [v1.version], "nothing registered is lost or doubled"
         assert client.get_model_version_by_alias("mem1-outage", "champion").version == v1.version
+        client.set_terminated(parent, "FINISHED")  # what the pipeline's exit handler does
+        assert not client.search_runs([exp], "attributes.status = 'RUNNING'"), "no run left RUNNING"
         print(f"server back after {back_after:.1f}s; {retried[0]}")
     finally:
         if step is not None and step.poll() is None:
