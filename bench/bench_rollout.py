@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -51,6 +52,7 @@ from mem1_core.rl.sft import bf16_supported  # noqa: E402
 
 BASE = "smollm2-135m-instruct"
 BATCHES = (16, 64, 128)
+GPU_BATCHES = (64, 128, 256)
 GROUP = 8  # rows sampled per prompt, as a GRPO group
 NEW_TOKENS = 32
 REPS = 2
@@ -85,6 +87,7 @@ def hf_generate(model: Any, tokenizer: Any, rows: list[list[int]]) -> int:
     for k, r in enumerate(rows):
         ids[k, width - len(r) :] = torch.tensor(r)
         mask[k, width - len(r) :] = 1
+    ids, mask = ids.to(model.device), mask.to(model.device)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
                              top_p=1.0, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
@@ -112,12 +115,19 @@ def generation(model: Any, tokenizer: Any, pool: list[tuple[Any, list[int]]], ba
     best: dict[str, float] = {}
     for _ in range(REPS):
         for name, run in runs.items():
+            _sync()
             t0 = time.perf_counter()
             tokens = run()
+            _sync()
             rate = tokens / (time.perf_counter() - t0)
             best[name] = max(best.get(name, 0.0), rate)
             print(f"  batch {batch} {name}: {rate:.1f} tok/s", flush=True)
     return best
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def matmul_ceiling(model: Any, batch: int, dtype: torch.dtype) -> tuple[float, float]:
@@ -129,11 +139,17 @@ def matmul_ceiling(model: Any, batch: int, dtype: torch.dtype) -> tuple[float, f
             shapes[key] = shapes.get(key, 0) + 1
     step_s, flops = 0.0, 0.0
     for (k, n), count in shapes.items():
-        a, w = torch.randn(batch, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        device = next(model.parameters()).device
+        a, w = (
+            torch.randn(batch, k, dtype=dtype, device=device),
+            torch.randn(k, n, dtype=dtype, device=device),
+        )
         times = []
         for _ in range(7):
+            _sync()
             t0 = time.perf_counter()
             torch.mm(a, w)
+            _sync()
             times.append(time.perf_counter() - t0)
         step_s += statistics.median(times[2:]) * count
         flops += 2.0 * batch * k * n * count
@@ -166,7 +182,7 @@ def grpo_step(
     }
 
 
-def plot(results: dict[str, float], path: Path) -> None:
+def plot(results: dict[str, float], path: Path, batches: tuple[int, ...], pre: str, tag: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,12 +191,12 @@ def plot(results: dict[str, float], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, key in [("HF generate", "hf_generate"), ("HFPolicy, no sharing", "policy_noshare"),
                       ("HFPolicy", "policy"), ("matmul ceiling", "ceiling")]:  # fmt: skip
-        ys = [results.get(f"rollout_{key}_tok_s_b{b}_fp32") for b in BATCHES]
-        ax.plot(BATCHES, ys, marker="o", label=name, linestyle="--" if key == "ceiling" else "-")
+        ys = [results.get(f"{pre}_{key}_tok_s_b{b}_{tag}") for b in batches]
+        ax.plot(batches, ys, marker="o", label=name, linestyle="--" if key == "ceiling" else "-")
     ax.set_xlabel("rows in the batch (groups of 8 on one prompt)")
-    ax.set_ylabel("generated tokens / s (float32)")
+    ax.set_ylabel(f"generated tokens / s ({tag})")
     ax.set_xscale("log", base=2)
-    ax.set_title("SmolLM2-135M sampling on this box, prefill included")
+    ax.set_title(f"SmolLM2-135M sampling ({'GPU' if pre.endswith('gpu') else 'this box'}), prefill included")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -189,58 +205,66 @@ def plot(results: dict[str, float], path: Path) -> None:
 
 
 def main(
-    results_dir: Path, model: str = BASE, grpo: tuple[tuple[int, int], ...] = ((8, 4),)
+    results_dir: Path, model: str = BASE, grpo: tuple[tuple[int, int], ...] = ((8, 4),), gpu: bool = False
 ) -> dict[str, float]:
+    """CPU by default; `gpu` times one CUDA device at GPU_BATCHES (bf16 first) into rollout_gpu.md."""
     torch.manual_seed(0)
+    batches, pre, main_tag = (GPU_BATCHES, "rollout_gpu", "bf16") if gpu else (BATCHES, "rollout", "fp32")
     lm, tokenizer = models.load_model(model)
-    lm.eval()
-    results: dict[str, float] = {}
+    lm.eval().to("cuda" if gpu else "cpu")
+    results: dict[str, float] = {f"{pre}_load_start": os.getloadavg()[0]}
     lines = ["# Rollout and update speed on SmolLM2-135M-Instruct (issue 31)", ""]
     dtypes = [("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if bf16_supported() else [])
+    dtypes = dtypes[::-1] if gpu else dtypes
     with tempfile.TemporaryDirectory(prefix="mem1-bench-rollout-") as tmp:
         data_dir = demo_data(Path(tmp) / "data", [2])
         for tag, dtype in dtypes:
             lm_d = lm.to(dtype)
-            pool = prompts(HFPolicy(lm_d, tokenizer, use_chat_template=True), data_dir, max(BATCHES) // GROUP)
-            for b in BATCHES:
+            pool = prompts(HFPolicy(lm_d, tokenizer, use_chat_template=True), data_dir, max(batches) // GROUP)
+            for b in batches:
                 for name, rate in generation(lm_d, tokenizer, pool, b).items():
-                    results[f"rollout_{name}_tok_s_b{b}_{tag}"] = rate
+                    results[f"{pre}_{name}_tok_s_b{b}_{tag}"] = rate
                 ceiling, gflops = matmul_ceiling(lm_d, b, dtype)
-                results[f"rollout_ceiling_tok_s_b{b}_{tag}"] = ceiling
-                results[f"rollout_matmul_gflops_b{b}_{tag}"] = gflops
-        lm.to(torch.float32)
+                results[f"{pre}_ceiling_tok_s_b{b}_{tag}"] = ceiling
+                results[f"{pre}_matmul_gflops_b{b}_{tag}"] = gflops
         model_dir = Path(models.resolve_base(model))
         for prompts_per_step, group in grpo:
             for share in (False, True):
                 step = grpo_step(model_dir, data_dir, prompts_per_step, group, share)
-                key = f"rollout_grpo_{prompts_per_step}x{group}_{'share' if share else 'noshare'}"
+                key = f"{pre}_grpo_{prompts_per_step}x{group}_{'share' if share else 'noshare'}"
                 results.update({f"{key}_{k}": v for k, v in step.items()})
                 print(f"  grpo {prompts_per_step}x{group} share={share}: {json.dumps(step)}", flush=True)
 
-    fp32 = {b: {e: results[f"rollout_{e}_tok_s_b{b}_fp32"] for e in (*ENGINES, "ceiling")} for b in BATCHES}
-    best_b = max(BATCHES, key=lambda b: fp32[b]["policy"])
-    results["rollout_best_batch"] = float(best_b)
-    results["rollout_policy_vs_hf_generate"] = fp32[best_b]["policy"] / fp32[best_b]["hf_generate"]
-    results["rollout_policy_vs_ceiling"] = fp32[best_b]["policy"] / fp32[best_b]["ceiling"]
+    results[f"{pre}_load_end"] = os.getloadavg()[0]
+    by_batch = {
+        b: {e: results[f"{pre}_{e}_tok_s_b{b}_{main_tag}"] for e in (*ENGINES, "ceiling")} for b in batches
+    }
+    best_b = max(batches, key=lambda b: by_batch[b]["policy"])
+    results[f"{pre}_best_batch"] = float(best_b)
+    results[f"{pre}_policy_vs_hf_generate"] = by_batch[best_b]["policy"] / by_batch[best_b]["hf_generate"]
+    results[f"{pre}_policy_vs_ceiling"] = by_batch[best_b]["policy"] / by_batch[best_b]["ceiling"]
+    where = "one CUDA GPU" if gpu else f"{torch.get_num_threads()} threads"
     lines += [
-        f"Model: `{model}`, float32, {torch.get_num_threads()} threads, {NEW_TOKENS} new tokens a row, "
+        f"Model: `{model}`, {main_tag}, {where}, {NEW_TOKENS} new tokens a row, "
         f"groups of {GROUP} rows on one prompt, prompts of about "
         f"{statistics.mean(len(p) for _, p in pool):.0f} tokens.",
         "Generated tokens per second, prefill included, best of "
-        f"{REPS} interleaved runs (bench/bench_rollout.py).",
+        f"{REPS} interleaved runs (bench/bench_rollout.py). Load average (1 min) at the start "
+        f"{results[f'{pre}_load_start']:.1f}, at the end {results[f'{pre}_load_end']:.1f}: above 0.5 "
+        "other work shared the cores, which lowers every figure but touches the ratios less.",
         "",
         "| batch | HF generate | HFPolicy, no sharing | HFPolicy | matmul ceiling | matmul GFLOP/s |",
         "|---:|---:|---:|---:|---:|---:|",
         *(
-            f"| {b} | {fp32[b]['hf_generate']:.0f} | {fp32[b]['policy_noshare']:.0f} | "
-            f"{fp32[b]['policy']:.0f} | {fp32[b]['ceiling']:.0f} | "
-            f"{results[f'rollout_matmul_gflops_b{b}_fp32']:.0f} |"
-            for b in BATCHES
+            f"| {b} | {by_batch[b]['hf_generate']:.0f} | {by_batch[b]['policy_noshare']:.0f} | "
+            f"{by_batch[b]['policy']:.0f} | {by_batch[b]['ceiling']:.0f} | "
+            f"{results[f'{pre}_matmul_gflops_b{b}_{main_tag}']:.0f} |"
+            for b in batches
         ),
         "",
         f"At its best batch ({best_b}) HFPolicy runs at "
-        f"**{results['rollout_policy_vs_hf_generate']:.2f}x** HF generate (bar {BARS['vs_hf_generate']}x) "
-        f"and **{results['rollout_policy_vs_ceiling']:.0%}** of the matmul ceiling "
+        f"**{results[f'{pre}_policy_vs_hf_generate']:.2f}x** HF generate (bar {BARS['vs_hf_generate']}x) "
+        f"and **{results[f'{pre}_policy_vs_ceiling']:.0%}** of the matmul ceiling "
         f"(bar {BARS['vs_ceiling']:.0%}).",
         "",
         "bf16: "
@@ -251,7 +275,7 @@ def main(
             f"{torch.backends.cpu.get_cpu_capability()}); bf16 runs ~20x slower than float32 on this CPU."
         ),
         "",
-        "![tokens/s by batch](rollout.png)",
+        f"![tokens/s by batch]({pre}.png)",
         "",
     ]
     if grpo:
@@ -260,7 +284,7 @@ def main(
                   "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         for prompts_per_step, group in grpo:
             for share in ("noshare", "share"):
-                k = f"rollout_grpo_{prompts_per_step}x{group}_{share}"
+                k = f"{pre}_grpo_{prompts_per_step}x{group}_{share}"
                 lines.append(
                     f"| {prompts_per_step}x{group} | {'on' if share == 'share' else 'off'} | "
                     f"{results[f'{k}_rollout_s']:.0f} | {results[f'{k}_score_s']:.0f} | "
@@ -269,9 +293,9 @@ def main(
                 )
         lines += ["", f"Model for the GRPO step: `{model}`.", ""]
     results_dir.mkdir(parents=True, exist_ok=True)
-    plot(results, results_dir / "rollout.png")
-    (results_dir / "rollout.md").write_text("\n".join(lines), encoding="utf-8")
-    missed = [k for k, bar in BARS.items() if results[f"rollout_policy_{k}"] < bar]
+    plot(results, results_dir / f"{pre}.png", batches, pre, main_tag)
+    (results_dir / f"{pre}.md").write_text("\n".join(lines), encoding="utf-8")
+    missed = [k for k, bar in BARS.items() if results[f"{pre}_policy_{k}"] < bar]
     if missed:
         raise BarMissed(f"bench_rollout: missed {missed}", results)
     return results
@@ -288,6 +312,7 @@ if __name__ == "__main__":
         "--grpo", default="8x4", help="GRPO steps to time, PROMPTSxGROUP, comma separated; '' none"
     )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--gpu", action="store_true", help="one CUDA GPU, batches 64/128/256, bf16 first")
     args = parser.parse_args()
     shapes = tuple(tuple(int(x) for x in s.split("x")) for s in args.grpo.split(",") if s)
-    print(json.dumps(main(args.results_dir, args.model, shapes), indent=1))  # type: ignore[arg-type]
+    print(json.dumps(main(args.results_dir, args.model, shapes, args.gpu), indent=1))  # type: ignore[arg-type]
