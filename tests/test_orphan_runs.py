@@ -64,11 +64,12 @@ def test_runs_of_dead_processes_are_marked_killed_and_live_ones_left_alone(
     client = MlflowClient(tracking_uri=store)
     exp = client.get_experiment_by_name("orphans").experiment_id
     now = int(time.time())
-    pod = lambda name, beat: (
-        client.create_run(  # noqa: E731 - a run a pod's process opened
-            exp, run_name=name, tags={TAG_OWNER: "trainer-pod-7/1/1.00", TAG_HEARTBEAT: str(beat)}
-        ).info.run_id
-    )
+
+    def pod(name: str, beat: int) -> str:
+        """A run a pod's process opened, as its owner tags say (another host, a heartbeat at `beat`)."""
+        tags = {TAG_OWNER: "trainer-pod-7/1/1.00", TAG_HEARTBEAT: str(beat)}
+        return str(client.create_run(exp, run_name=name, tags=tags).info.run_id)
+
     stale, fresh = pod("pod-stale", now - 900), pod("pod-fresh", now)
     notebook = client.create_run(exp, run_name="notebook").info.run_id
     dead, live = owners["dead"][0], owners["live"][0]
@@ -112,3 +113,13 @@ def test_runs_help_explains_how_runs_are_judged(capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     for words in ("mem1.owner", "mem1.heartbeat", "alive", "gone", "unknown", "KILLED", "--stale-after"):
         assert words in out
+
+
+def test_runs_with_the_server_down_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from mlflow_server import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    assert main(["runs", "list", "--tracking-uri", uri]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: MLflow tracking server at {uri} is unreachable"), err
+    assert not [line for line in err if line.startswith("Traceback")]

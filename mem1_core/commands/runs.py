@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 EPILOG = """\
 How a run is judged: every run mem1 opens is tagged with its owner process (mem1.owner =
@@ -56,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # lazy: `mem1 runs --help` must not pay for mlflow (~2 s)
-    from mem1_core import orphan_runs, tracking
+    from mem1_core import tracking
 
     uri = args.tracking_uri or tracking.resolve_tracking_uri()
     db = tracking.sqlite_path(uri)
@@ -65,6 +66,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     tracking.bound_http_for_reads()
     tracker = tracking.Tracker(uri, retry=tracking.READ_RETRY)
+    try:
+        return _act(args, tracker, uri)
+    except tracking.TrackingError as e:  # the server is down: one line, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _act(args: argparse.Namespace, tracker: Any, uri: str) -> int:
+    # lazy: `mem1 runs --help` must not pay for mlflow (~2 s)
+    from mem1_core import orphan_runs
+
     stale = args.stale_after if args.stale_after is not None else orphan_runs.STALE_AFTER_S
     found = orphan_runs.open_runs(tracker, args.experiment, stale)
     if args.action == "list":
