@@ -40,6 +40,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from bench.bar import BarMissed  # noqa: E402
+from bench.run_all import merge_results  # noqa: E402
 from mem1_core import models  # noqa: E402
 from mem1_core.agent.policy import HFPolicy  # noqa: E402
 from mem1_core.agent.types import PolicyInput  # noqa: E402
@@ -315,4 +316,12 @@ if __name__ == "__main__":
     parser.add_argument("--gpu", action="store_true", help="one CUDA GPU, batches 64/128/256, bf16 first")
     args = parser.parse_args()
     shapes = tuple(tuple(int(x) for x in s.split("x")) for s in args.grpo.split(",") if s)
-    print(json.dumps(main(args.results_dir, args.model, shapes, args.gpu), indent=1))  # type: ignore[arg-type]
+    try:
+        results = main(args.results_dir, args.model, shapes, args.gpu)  # type: ignore[arg-type]
+    except BarMissed as missed:  # measured: keep the numbers in all.json, then fail
+        merge_results(
+            args.results_dir / "all.json", {"rollout_gpu" if args.gpu else "rollout": missed.results}
+        )
+        raise
+    merge_results(args.results_dir / "all.json", {"rollout_gpu" if args.gpu else "rollout": results})
+    print(json.dumps(results, indent=1))
