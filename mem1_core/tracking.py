@@ -92,6 +92,11 @@ class RetryPolicy:
 OUTAGE_RETRY = RetryPolicy(attempts=20, initial_delay=0.5, max_delay=8.0)
 
 
+# A retry budget shorter than this ends in its one error line soon enough to need no notice first
+# (`mem1 agent` against a down server prints exactly one line).
+ANNOUNCE_WAITS_S = 10.0
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for errors a retry can fix (connection refused/reset, timeouts, HTTP 5xx, SQLite busy)."""
     if isinstance(exc, ConnectionError | TimeoutError):
@@ -112,7 +117,7 @@ def call_with_retry(fn: Callable[[], T], *, what: str, uri: str, policy: RetryPo
         except Exception as e:
             if not is_transient(e):
                 raise
-            if attempt == 1:  # one line, so a stalled step says why it waits
+            if attempt == 1 and policy.budget() >= ANNOUNCE_WAITS_S:  # a stalled step says why it waits
                 print(
                     f"mlflow: {uri} failed while {what} ({_short(e, 160)}); retrying for up to "
                     f"{policy.budget():.0f}s",

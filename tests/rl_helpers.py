@@ -146,3 +146,12 @@ def worker_env(*first_on_path: Path) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(str(p) for p in path)
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return env
+
+
+def max_weight_difference(a: Path, b: Path) -> float:
+    """Largest |a - b| between two saved models' weights (model.safetensors); both hold the same tensors."""
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_server import Proxy503, make_data_dir, make_model_dir, mlflow_server  # noqa: F401
+from rl_helpers import max_weight_difference
 
 from mem1_core.config import AgentConfig, EvalConfig, RegisterConfig
 from mem1_core.rl import checkpoint
@@ -161,8 +162,6 @@ def _sft_cmd(assets: dict[str, Path], out: Path) -> list[str]:
 def test_sft_survives_sigkill_in_each_stage_and_ends_as_a_run_never_killed(
     assets: dict[str, Path], tmp_path: Path
 ) -> None:
-    from safetensors.torch import load_file
-
     out = tmp_path / "sft"
     _kill_when(
         _sft_cmd(assets, out),
@@ -191,10 +190,7 @@ def test_sft_survives_sigkill_in_each_stage_and_ends_as_a_run_never_killed(
         _sft_cmd(assets, straight), capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    a = load_file(str(straight / "model" / "model.safetensors"))
-    b = load_file(str(out / "model" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    worst = max_weight_difference(straight / "model", out / "model")
     assert worst < 1e-6, f"the twice-killed run's weights differ from a straight run's by {worst}"
     s_a = json.loads((straight / "sft_summary.json").read_text())
     s_b = json.loads((out / "sft_summary.json").read_text())

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rl_helpers import max_weight_difference
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "tests" / "data" / "pipeline-smallest.yaml"
@@ -64,7 +65,6 @@ def _kill_group_when(cmd: list[str], ready: str, root: Path, log_path: Path) -> 
 @pytest.mark.slow
 def test_a_killed_pipeline_resumes_sft_and_ends_as_a_run_never_killed(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
-    from safetensors.torch import load_file
 
     run_dir = tmp_path / "runs"
     pretrain_ckpt = "checkpoints/sft/*/pretrain/checkpoint-*/trainer_state.json"
@@ -106,10 +106,7 @@ def test_a_killed_pipeline_resumes_sft_and_ends_as_a_run_never_killed(tmp_path: 
     cmd += ["--out", str(straight)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
-    a = load_file(str(straight / "model" / "model.safetensors"))
-    b = load_file(str(work / "model" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    worst = max_weight_difference(straight / "model", work / "model")
     assert worst < 1e-6, f"the killed-and-resumed sft differs from a straight one by {worst}"
     print(f"rerun {rerun_s:.1f}s; max abs weight difference to a straight sft: {worst}")
 
