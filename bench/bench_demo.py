@@ -109,7 +109,10 @@ def trained_gap(model_dir: Path, data_dir: Path) -> dict[str, float]:
     for mode in GAP_MODES:
         agent = AgentConfig(mode=mode, topk=1, temperature=1.0, max_new_tokens=96)
         factory = domains.env_factory_for("qa", data_dir, agent, corpus=corpus)
-        policy = HFPolicy(model, tokenizer, temperature=1.0, seed=0)
+        # the engine as the trainers run it, stored prefixes included
+        policy = HFPolicy(
+            model, tokenizer, temperature=1.0, seed=0, prefix_cache_tokens=agent.prefix_cache_tokens
+        )
         trajs = [t for t in run_episodes(tasks, factory, policy, agent, progress=False) if len(t.turns) >= 3]
         out[f"demo_gap_{mode}_episodes"] = float(len(trajs))
         worst, tokens = 0.0, 0
