@@ -51,12 +51,15 @@ class PrefixStore:
     def tokens(self) -> int:
         return sum(len(e) for e in self._entries.values())
 
-    def get(self, ids: tuple[int, ...]) -> PrefixEntry | None:
-        entry = self._entries.get(ids)
+    def _touch(self, entry: PrefixEntry | None) -> PrefixEntry | None:
+        """Mark `entry` the most recently used (eviction drops the least recently used first)."""
         if entry is not None:
             self._clock += 1
             entry.last_used = self._clock
         return entry
+
+    def get(self, ids: tuple[int, ...]) -> PrefixEntry | None:
+        return self._touch(self._entries.get(ids))
 
     def longest(self, ids: Sequence[int]) -> PrefixEntry | None:
         """The longest stored entry whose ids start `ids` (it may equal them)."""
@@ -68,15 +71,12 @@ class PrefixStore:
                 and tuple(ids[: len(key)]) == key
             ):
                 best = entry
-        if best is not None:
-            self._clock += 1
-            best.last_used = self._clock
-        return best
+        return self._touch(best)
 
     def put(self, ids: tuple[int, ...], keys: list[torch.Tensor], values: list[torch.Tensor]) -> PrefixEntry:
-        self._clock += 1
-        entry = PrefixEntry(ids, keys, values, last_used=self._clock)
+        entry = PrefixEntry(ids, keys, values)
         self._entries[ids] = entry
+        self._touch(entry)
         return entry
 
     def evict(self, keep: set[tuple[int, ...]] | None = None) -> None:
